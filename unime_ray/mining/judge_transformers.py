@@ -1,0 +1,37 @@
+"""The judge on transformers: one forward pass, logits of Yes/No at the answer position."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from unime_ray.mining.judge import JudgeResult, Pair, judge_prompt, score_isolating_failures, yes_no_token_ids, yes_probability
+from unime_ray.models.embedder import last_hidden
+from unime_ray.models.inputs import encode
+from unime_ray.models.loading import load_model, load_processor
+
+
+class TransformersJudge:
+    def __init__(self, model: str, device: str = "cpu", dtype: str = "float32", batch_size: int = 16, **_engine):
+        self.device = device
+        self.batch_size = batch_size
+        self.processor = load_processor(model)
+        self.model = load_model(model, device, dtype)
+        self.yes_id, self.no_id = yes_no_token_ids(self.processor.tokenizer)
+
+    @torch.no_grad()
+    def _score_batch(self, pairs: Sequence[Pair]) -> list[float]:
+        prompts = [judge_prompt(self.processor, pair) for pair in pairs]
+        images = [q.images() + c.images() for q, c in pairs]
+        batch = encode(self.processor, prompts, images, self.device)
+        # Only the answer position's logits are needed: project that one hidden state.
+        logits = self.model.get_output_embeddings()(last_hidden(self.model, batch)).float()  # [B, V]
+        return yes_probability(logits[:, self.yes_id].cpu().numpy(), logits[:, self.no_id].cpu().numpy()).tolist()
+
+    def score(self, pairs: Sequence[Pair]) -> list[JudgeResult]:
+        results: list[JudgeResult] = []
+        for start in range(0, len(pairs), self.batch_size):
+            results += score_isolating_failures(self._score_batch, pairs[start : start + self.batch_size])
+        return results

@@ -1,0 +1,66 @@
+"""Stage bookkeeping: each stage writes into its own directory, then is recorded as done.
+
+A stage's output is built in a temporary directory and renamed into place, and the
+manifest is replaced atomically, so a job killed at any point leaves every recorded
+stage complete. A rerun skips recorded stages whose fingerprint (a hash of the config
+they depend on and of their inputs' fingerprints) still matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+logger = logging.getLogger(__name__)
+
+
+def fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Manifest:
+    def __init__(self, output_dir: str | Path):
+        self.root = Path(output_dir)
+        self.path = self.root / "manifest.json"
+        self.stages: dict[str, dict] = {}
+        if self.path.exists():
+            self.stages = json.loads(self.path.read_text()).get("stages", {})
+
+    def stage_dir(self, name: str) -> Path:
+        return self.root / "stages" / name
+
+    def is_done(self, name: str, print_: str) -> bool:
+        entry = self.stages.get(name)
+        return bool(entry) and entry["fingerprint"] == print_ and self.stage_dir(name).exists()
+
+    def _save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"stages": self.stages}, indent=1))
+        os.replace(tmp, self.path)
+
+    def run(self, name: str, print_: str, build: Callable[[Path], dict | None]) -> dict:
+        """Run ``build(tmp_dir)`` unless ``name`` is done; returns the stage's info dict."""
+        if self.is_done(name, print_):
+            logger.info("stage %s: already complete, skipped", name)
+            return self.stages[name].get("info", {})
+        final, tmp = self.stage_dir(name), self.stage_dir(name + ".partial")
+        for stale in (final, tmp):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        logger.info("stage %s: running", name)
+        start = time.perf_counter()
+        info = build(tmp) or {}
+        os.replace(tmp, final)
+        self.stages[name] = {"fingerprint": print_, "seconds": round(time.perf_counter() - start, 3), "info": info}
+        self._save()
+        logger.info("stage %s: done in %.1f s", name, self.stages[name]["seconds"])
+        return info
+
+    def timings(self) -> dict[str, float]:
+        return {name: entry["seconds"] for name, entry in self.stages.items()}

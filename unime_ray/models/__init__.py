@@ -1,0 +1,1 @@
+"""Loading multimodal checkpoints, building their inputs, embedding with them."""

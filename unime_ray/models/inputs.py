@@ -1,0 +1,54 @@
+"""Chat-formatted model inputs from (instruction, text, image).
+
+Messages use the Hugging Face content-list form (``{"type": "image"}``,
+``{"type": "text"}``), which Qwen2-VL, Qwen2.5-VL and LLaVA(-OneVision) processors all
+render with their own chat templates and image tokens; callers never see model-specific
+placeholders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from PIL import Image
+
+
+@dataclass
+class Item:
+    """One query or candidate: any of instruction, text and image."""
+
+    instruction: str = ""
+    text: str = ""
+    image: Image.Image | None = None
+
+    def content(self) -> list[dict]:
+        parts: list[dict] = [{"type": "image"}] if self.image is not None else []
+        joined = join_text(self.instruction, self.text)
+        if joined:
+            parts.append({"type": "text", "text": joined})
+        return parts
+
+    def images(self) -> list[Image.Image]:
+        return [self.image] if self.image is not None else []
+
+
+def join_text(instruction: str | None, text: str | None) -> str:
+    """The instruction then the text, as MMEB writes them ("Represent ...: what ...")."""
+    return " ".join(part for part in ((instruction or "").strip(), (text or "").strip()) if part)
+
+
+def user_turn(content: list[dict]) -> list[dict]:
+    return [{"role": "user", "content": content}]
+
+
+def render(processor, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    """The prompt string the model sees (the same string goes to vLLM and transformers)."""
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def encode(processor, prompts: Sequence[str], images: Sequence[Sequence[Image.Image]], device="cpu"):
+    """Tokenize prompts with their images (in order of appearance) into a padded batch."""
+    flat = [image for per_prompt in images for image in per_prompt]
+    batch = processor(text=list(prompts), images=flat or None, padding=True, return_tensors="pt")
+    return batch.to(device)
