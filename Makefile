@@ -18,10 +18,11 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 
 install: $(STAMP)
 
-checkpoints: $(STAMP)
-	@for role in embedder judge; do \
-	  [ -f $(CKPT)/$$role/config.json ] || $(BIN)/python -m unime_ray.models.tiny $(CKPT)/$$role --role $$role; \
-	done
+# Rebuilt when the builder changes, so the demo never runs on stale checkpoints.
+$(CKPT)/%/config.json: unime_ray/models/tiny.py $(STAMP)
+	$(BIN)/python -m unime_ray.models.tiny $(CKPT)/$* --role $*
+
+checkpoints: $(CKPT)/embedder/config.json $(CKPT)/judge/config.json
 
 demo: checkpoints
 	bash jobs/demo.sh

@@ -25,8 +25,10 @@ def pairs():
 
 @pytest.fixture(scope="module")
 def vllm_judge(checkpoints):
-    return build_judge("vllm", model=checkpoints["judge"], max_model_len=512, kv_cache_gib=1,
-                       engine_kwargs={"enforce_eager": True, "block_size": 32})
+    judge = build_judge("vllm", model=checkpoints["judge"], max_model_len=512, kv_cache_gib=1,
+                        engine_kwargs={"enforce_eager": True, "block_size": 32})
+    yield judge
+    judge.close()
 
 
 def test_backends_agree_within_1e_3(checkpoints, pairs, vllm_judge):

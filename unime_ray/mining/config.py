@@ -63,7 +63,7 @@ class JudgeConfig(ActorConfig):
     batch_size: int = Field(8, ge=1, description="queries per actor batch (each brings 1 + top_k pairs)")
     forward_batch_size: int = Field(32, ge=1, description="transformers backend: pairs per forward pass")
     max_model_len: int = Field(2048, ge=64, description="vllm: longest prompt + answer in tokens")
-    kv_cache_gib: float | None = Field(1.0, description="vllm on CPU: KV cache size (VLLM_CPU_KVCACHE_SPACE)")
+    kv_cache_gib: int | None = Field(1, ge=1, description="vllm on CPU: KV cache GiB (VLLM_CPU_KVCACHE_SPACE); None on GPUs")
     engine_kwargs: dict[str, Any] = Field(
         default_factory=lambda: {"enforce_eager": True, "block_size": 32},
         description="extra vllm.LLM arguments, e.g. tensor_parallel_size, gpu_memory_utilization")

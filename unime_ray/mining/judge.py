@@ -9,15 +9,13 @@ model's chat template and differ only in the engine that runs it.
 from __future__ import annotations
 
 import importlib
-import logging
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
+from unime_ray.failures import call_isolating_failures
 from unime_ray.models.inputs import Item, render, user_turn
-
-logger = logging.getLogger(__name__)
 
 JUDGE_PROMPT = (
     "I will provide you with a query and a candidate. Please evaluate whether the candidate "
@@ -70,18 +68,9 @@ class JudgeResult:
 
 
 def score_isolating_failures(score_batch: Callable[[Sequence[Pair]], list[float]], pairs: Sequence[Pair]) -> list[JudgeResult]:
-    """Score a batch; if it fails, score pair by pair so one bad pair costs only itself."""
-    try:
-        return [JudgeResult(float(s)) for s in score_batch(pairs)]
-    except Exception as batch_error:  # noqa: BLE001 - any engine error is isolated below
-        logger.warning("judge batch of %d failed (%s); retrying pair by pair", len(pairs), batch_error)
-    results = []
-    for pair in pairs:
-        try:
-            results.append(JudgeResult(float(score_batch([pair])[0])))
-        except Exception as error:  # noqa: BLE001
-            results.append(JudgeResult(None, f"{type(error).__name__}: {error}"))
-    return results
+    """Score a batch; if it fails, pair by pair, so one bad pair costs only itself."""
+    return [JudgeResult(None if score is None else float(score), error)
+            for score, error in call_isolating_failures(score_batch, pairs)]
 
 
 class Judge(Protocol):

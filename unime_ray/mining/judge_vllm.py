@@ -21,14 +21,14 @@ class VLLMJudge:
         dtype: str = "float32",
         max_model_len: int = 2048,
         max_images_per_prompt: int = 2,
-        kv_cache_gib: float | None = None,
+        kv_cache_gib: int | None = None,
         seed: int = 0,
         engine_kwargs: dict[str, Any] | None = None,
         **_unused,
     ):
         if kv_cache_gib is not None:
             # Read by vLLM's CPU backend only; GPUs size the cache by memory utilisation.
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
         from vllm import LLM, SamplingParams
 
         self.processor = load_processor(model)
@@ -62,3 +62,8 @@ class VLLMJudge:
     def score(self, pairs: Sequence[Pair]) -> list[JudgeResult]:
         # One generate call for the whole batch: the engine schedules and caches prefixes.
         return score_isolating_failures(self._score_batch, pairs)
+
+    def close(self) -> None:
+        """Stop the engine's processes now rather than at interpreter exit, when its
+        shutdown logging can find the output streams already closed."""
+        self.llm.llm_engine.engine_core.shutdown()

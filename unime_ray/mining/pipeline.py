@@ -96,13 +96,11 @@ def stage_corpus(config: MineConfig, out: Path) -> dict:
 
 
 def stage_embed(config: MineConfig, corpus_dir: Path, image_root: str | None, out: Path) -> dict:
-    import ray.data
-
     e = config.embed
     stage = ActorStage.from_config(e)
     for name in ("queries", "targets"):
         table = pq.read_table(corpus_dir / f"{name}.parquet")
-        ds = ray.data.from_arrow(table.select(list(EmbedUDF.INPUT_COLUMNS))).map_batches(
+        ds = stage.dataset(table.select(list(EmbedUDF.INPUT_COLUMNS))).map_batches(
             EmbedUDF,
             fn_constructor_kwargs={"model": e.model, "device": e.device, "dtype": e.dtype, "image_root": image_root,
                                    "max_pixels": config.corpus.max_image_pixels, "torch_threads": e.torch_threads},
@@ -117,6 +115,9 @@ def stage_retrieve(config: MineConfig, corpus_dir: Path, embed_dir: Path, out: P
     target_ids = pq.read_table(corpus_dir / "targets.parquet", columns=["id"]).column("id").to_pylist()
     t_emb, t_ids = embeddings_matrix(pq.read_table(embed_dir / "targets"), target_ids)
     q_emb, q_ids = embeddings_matrix(pq.read_table(embed_dir / "queries"), queries.column("id").to_pylist())
+    if not t_ids or not q_ids:
+        raise RuntimeError(f"nothing to search: {len(q_ids)} queries and {len(t_ids)} targets were embedded "
+                           f"(see the embed stage's error column under {embed_dir})")
     row_of = {tid: i for i, tid in enumerate(t_ids)}
     positive_of = dict(zip(queries.column("id").to_pylist(), queries.column("positive_id").to_pylist()))
     # A query whose positive failed to embed keeps -1: nothing is excluded, and the
@@ -134,8 +135,6 @@ def stage_retrieve(config: MineConfig, corpus_dir: Path, embed_dir: Path, out: P
 
 
 def stage_judge(config: MineConfig, corpus_dir: Path, retrieve_dir: Path, image_root: str | None, out: Path) -> dict:
-    import ray.data
-
     j = config.judge
     queries = pq.read_table(corpus_dir / "queries.parquet")
     candidates = pq.read_table(retrieve_dir / "candidates.parquet")
@@ -149,12 +148,13 @@ def stage_judge(config: MineConfig, corpus_dir: Path, retrieve_dir: Path, image_
     judge_kwargs = {"model": j.model, "device": j.device, "dtype": j.dtype, "max_model_len": j.max_model_len,
                     "kv_cache_gib": j.kv_cache_gib, "engine_kwargs": j.engine_kwargs,
                     "batch_size": j.forward_batch_size}
-    ds = ray.data.from_arrow(rows).map_batches(
+    stage = ActorStage.from_config(j)
+    ds = stage.dataset(rows).map_batches(
         JudgeUDF,
         fn_constructor_kwargs={"backend": j.backend, "targets_path": str(corpus_dir / "targets.parquet"),
                                "image_root": image_root, "max_pixels": config.corpus.max_image_pixels,
                                "torch_threads": j.torch_threads, **judge_kwargs},
-        **ActorStage.from_config(j).map_batches_kwargs())
+        **stage.map_batches_kwargs())
     ds.write_parquet(str(out / "scores"))
     return {"pairs": int(pc.sum(pc.list_value_length(rows.column("candidate_ids"))).as_py() or 0) + rows.num_rows}
 

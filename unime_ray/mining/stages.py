@@ -8,7 +8,6 @@ arguments.
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,9 +18,9 @@ import pyarrow.parquet as pq
 
 from unime_ray import metrics
 from unime_ray.data.images import ImageError, load_image
+from unime_ray.failures import call_isolating_failures
 from unime_ray.models.inputs import Item
 
-logger = logging.getLogger(__name__)
 
 ITEM_COLUMNS = ("id", "instruction", "text", "image", "image_path")
 
@@ -50,6 +49,19 @@ class ActorStage:
     @classmethod
     def from_config(cls, config) -> "ActorStage":
         return cls(config.num_actors, config.num_cpus, config.num_gpus, config.batch_size)
+
+    def dataset(self, table: pa.Table, blocks_per_actor: int = 4):
+        """``table`` as a Ray dataset in enough blocks to keep every actor busy.
+
+        ``from_arrow`` of one table is one block, which one actor would process alone.
+        Blocks are whole batches, so no batch straddles two blocks.
+        """
+        import ray.data
+
+        blocks = max(1, self.num_actors * blocks_per_actor)
+        rows_per_block = -(-max(1, table.num_rows) // blocks)  # ceil
+        rows_per_block = -(-rows_per_block // self.batch_size) * self.batch_size
+        return ray.data.from_arrow([table.slice(i, rows_per_block) for i in range(0, max(1, table.num_rows), rows_per_block)])
 
     def map_batches_kwargs(self) -> dict[str, Any]:
         import ray.data
@@ -89,14 +101,12 @@ class EmbedUDF:
             except ImageError as error:
                 errors[i] = str(error)
         vectors: list = [None] * len(rows)
-        if items:
-            try:
-                embedded = self.embedder.embed([item for _, item in items])
-                for (i, _), vector in zip(items, embedded):
-                    vectors[i] = vector.tolist()
-            except Exception as error:  # noqa: BLE001 - the batch's rows carry the error
-                for i, _ in items:
-                    errors[i] = f"embedding failed: {type(error).__name__}: {error}"
+        outcomes = call_isolating_failures(self.embedder.embed, [item for _, item in items]) if items else []
+        for (i, _), (vector, error) in zip(items, outcomes):
+            if error is None:
+                vectors[i] = vector.tolist()
+            else:
+                errors[i] = f"embedding failed: {error}"
         metrics.inc("rows_embedded", sum(v is not None for v in vectors))
         metrics.observe("embed_batch_seconds", time.perf_counter() - start)
         return pa.table({

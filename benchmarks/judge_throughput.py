@@ -1,0 +1,130 @@
+"""Judge pairs/s (vLLM vs transformers, same checkpoint and pairs) and embedding rows/s
+with 1 vs 2 Ray Data actors. Writes JSON under benchmarks/results/.
+
+    python benchmarks/judge_throughput.py [--pairs 1000] [--repeats 3] [--rows 2000]
+
+Defaults use the demo checkpoints (``make checkpoints``) and the easy-VQA corpus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+logger = logging.getLogger("benchmarks.judge_throughput")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def judge_pairs(n_pairs: int):
+    """Pairs grouped by query (as the mining job sends them): queries x 25 targets."""
+    from unime_ray.data.easyvqa import build_easyvqa_corpus
+    from unime_ray.mining.stages import row_item
+
+    corpus = build_easyvqa_corpus(num_images=max(10, n_pairs // 25), seed=0)
+    queries = [row_item(r, corpus.image_root, 1 << 24) for r in corpus.queries.to_pylist()]
+    targets = [row_item(r, corpus.image_root, 1 << 24) for r in corpus.targets.to_pylist()]
+    pairs = [(q, t) for q in queries for t in targets[:25]]
+    return pairs[:n_pairs]
+
+
+def time_judge(backend: str, model: str, pairs, repeats: int, **kwargs) -> dict:
+    from unime_ray.mining.judge import build_judge
+
+    start = time.perf_counter()
+    judge = build_judge(backend, model=model, **kwargs)
+    load = time.perf_counter() - start
+    judge.score(pairs[:8])  # warm-up: first batches pay one-off costs
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        results = judge.score(pairs)
+        runs.append(time.perf_counter() - start)
+        assert all(r.error is None for r in results)
+    seconds = statistics.median(runs)
+    if hasattr(judge, "close"):
+        judge.close()
+    return {"backend": backend, "pairs": len(pairs), "load_seconds": round(load, 2), "repeats": repeats,
+            "median_seconds": round(seconds, 3), "pairs_per_second": round(len(pairs) / seconds, 1),
+            "scores": [r.score for r in results]}
+
+
+def time_embedding(model: str, rows: int, actors: int) -> dict:
+    """Rows/s over the whole run (actor start-up included) and steady rows/s: the rows
+    that arrive after the first batch, over the time from first to last batch."""
+    import pyarrow as pa
+
+    from unime_ray.data.easyvqa import build_easyvqa_corpus
+    from unime_ray.mining.stages import ActorStage, EmbedUDF
+
+    corpus = build_easyvqa_corpus(num_images=100, seed=0)  # images and texts, as in mining
+    table = corpus.queries.select(list(EmbedUDF.INPUT_COLUMNS))
+    table = pa.concat_tables([table] * (rows // table.num_rows + 1)).slice(0, rows)
+    stage = ActorStage(num_actors=actors, num_cpus=0.5, batch_size=16)
+    ds = stage.dataset(table, blocks_per_actor=16).map_batches(
+        EmbedUDF, fn_constructor_kwargs={"model": model, "device": "cpu", "dtype": "float32",
+                                         "image_root": corpus.image_root, "max_pixels": 1 << 24,
+                                         "torch_threads": 1},
+        **stage.map_batches_kwargs())
+    start = time.perf_counter()
+    first = last = None
+    seen = after_first = 0
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        last = time.perf_counter()
+        if first is None:
+            first = last
+        else:
+            after_first += batch.num_rows
+        seen += batch.num_rows
+    assert seen == rows
+    total = last - start
+    return {"actors": actors, "rows": rows, "seconds": round(total, 2),
+            "seconds_to_first_batch": round(first - start, 2),
+            "rows_per_second_including_start": round(rows / total, 1),
+            "rows_per_second_steady": round(after_first / (last - first), 1)}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--judge", default=str(REPO / ".cache/checkpoints/judge"))
+    parser.add_argument("--embedder", default=str(REPO / ".cache/checkpoints/embedder"))
+    parser.add_argument("--pairs", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--out", default=str(REPO / "benchmarks/results/judge_throughput.json"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    pairs = judge_pairs(args.pairs)
+    hf = time_judge("transformers", args.judge, pairs, args.repeats, batch_size=32)
+    vl = time_judge("vllm", args.judge, pairs, args.repeats, max_model_len=1024,
+                    engine_kwargs={"enforce_eager": True, "block_size": 32})
+    max_diff = max(abs(a - b) for a, b in zip(hf.pop("scores"), vl.pop("scores")))
+
+    import ray
+
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+    embedding = [time_embedding(args.embedder, args.rows, n) for n in (1, 2)]
+    ray.shutdown()
+
+    result = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "judge": {"transformers": hf, "vllm": vl, "max_abs_score_difference": max_diff},
+        "embedding": embedding,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    logger.info("wrote %s", args.out)
+    print(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":  # vLLM spawns processes
+    main()
