@@ -32,6 +32,8 @@ test: $(STAMP)
 
 bench: checkpoints
 	$(BIN)/python benchmarks/judge_throughput.py
+	@[ -f out/demo/mined.parquet ] || $(MAKE) demo
+	$(BIN)/python benchmarks/train_throughput.py
 
 clean:
 	rm -rf out .cache/checkpoints

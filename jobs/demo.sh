@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make demo`: submit the mining job to a local Ray cluster with `ray job submit`.
+# `make demo`: submit the mining job, then embedder training on its records, to a local
+# Ray cluster with `ray job submit`.
 # Starts a head if none is running and stops only what it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,10 +25,15 @@ ray job submit --working-dir . -- python jobs/mine.py --config configs/mine.yaml
   --output-dir "$out" \
   embed.model="$root/.cache/checkpoints/embedder" judge.model="$root/.cache/checkpoints/judge"
 
+# Then train the embedder on what was mined (2 workers, LoRA, soft labels).
+ray job submit --working-dir . -- python jobs/train_embedder.py --config configs/train_embedder.yaml \
+  --output-dir "$out/train" data.mined="$out/mined.parquet" model="$root/.cache/checkpoints/embedder"
+
 echo
 echo "Mined records:  $out/mined.parquet (and mined.json in UniME-V2's layout)"
 echo "Rejected rows:  $out/rejects.parquet"
 echo "Summary:        $out/summary.json"
+echo "Trained model:  $out/train/model (merged LoRA; steps in $out/train/metrics.jsonl)"
 if [ "$started" = 1 ]; then
   echo "Dashboard:      $RAY_ADDRESS (while a cluster runs; this demo stops the head it started)"
 else

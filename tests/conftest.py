@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import io
 import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+K, TOP_K, BETA = 6, 20, 0.01  # the end-to-end mining run's selection settings
 SHARED_RECORDS = REPO.parent / "shared" / "data" / "unime_v2_example_data.json"
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -29,3 +38,93 @@ def png_bytes(colour=(200, 30, 30), size=(32, 32)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, colour).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+# --- A real Ray head and one mining run, shared by the end-to-end tests -------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """A Ray head on loopback in its own temp dir; stopped afterwards."""
+    temp = tempfile.mkdtemp(prefix="ur", dir="/tmp")  # short: Ray's socket paths have a length limit
+    port, dash = _free_port(), _free_port()
+    token = Path(temp) / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    # Token auth on, with this cluster's own token: nothing depends on ~/.ray.
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN_PATH": str(token)}
+    subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={port}", f"--dashboard-port={dash}",
+                    "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats"],
+                   check=True, env=env, capture_output=True, timeout=120)
+    yield {"address": f"http://127.0.0.1:{dash}", "env": env}
+    subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def planted_corpus(tmp_path_factory):
+    """12 easy-VQA images (36 queries) plus bad rows of every kind."""
+    from unime_ray.data.corpus import Corpus
+    from unime_ray.data.easyvqa import build_easyvqa_corpus
+
+    corpus = build_easyvqa_corpus(num_images=12, seed=7)
+    queries = corpus.queries.to_pylist() + [
+        {"id": "bad:missing", "instruction": "Find a caption for the given image.", "image_path": "no/such.png",
+         "positive_id": "ans:yes", "dataset": "planted"},
+        {"id": "bad:empty", "text": "", "positive_id": "ans:yes", "dataset": "planted"},
+        {"id": "bad:unknown", "text": "what?", "positive_id": "ans:nope", "dataset": "planted"},
+        {"id": "bad:corrupt_pos", "text": "what?", "positive_id": "img:corrupt", "dataset": "planted"},
+    ]
+    targets = corpus.targets.to_pylist() + [
+        {"id": "img:corrupt", "image": b"\x89PNG\r\n\x1a\n truncated", "dataset": "planted"},
+        {"id": "img:escape", "image_path": "../../../etc/hostname", "dataset": "planted"},
+    ]
+    out = tmp_path_factory.mktemp("corpus")
+    Corpus(pa.Table.from_pylist(queries, schema=corpus.queries.schema),
+           pa.Table.from_pylist(targets, schema=corpus.targets.schema)).save(out)
+    return {"path": str(out), "image_root": corpus.image_root, "good_queries": corpus.queries.num_rows}
+
+
+def submit_job(head, entrypoint: list[str], *extra: str, timeout: int = 900):
+    """`ray job submit --working-dir REPO [extra] -- ENTRYPOINT` against the test head."""
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", head["address"], "--working-dir", str(REPO),
+           *extra, "--", *entrypoint]
+    return subprocess.run(cmd, env=head["env"], capture_output=True, text=True, timeout=timeout)
+
+
+def submit_mining(head, planted, checkpoints, output_dir, *extra):
+    return submit_job(head, [
+        "python", "jobs/mine.py", "--config", "configs/mine.yaml", "--output-dir", str(output_dir),
+        "corpus.source=parquet", f"corpus.path={planted['path']}", f"corpus.image_root={planted['image_root']}",
+        f"embed.model={checkpoints['embedder']}", f"judge.model={checkpoints['judge']}",
+        f"retrieval.top_k={TOP_K}", f"select.k={K}", f"select.beta={BETA}", "judge.max_model_len=1024"], *extra)
+
+
+@pytest.fixture(scope="session")
+def first_run(ray_head, planted_corpus, checkpoints, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mine1")
+    done = submit_mining(ray_head, planted_corpus, checkpoints, out)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return out
+
+
+def wait_for_job(head, job_id: str, timeout: float = 900) -> str:
+    """Poll `ray job status` until the job ends; returns SUCCEEDED, FAILED or STOPPED."""
+    import re
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        out = subprocess.run([str(BIN / "ray"), "job", "status", "--address", head["address"], job_id],
+                             env=head["env"], capture_output=True, text=True, timeout=120)
+        text = re.sub(r"\x1b\[[0-9;]*m", "", out.stdout + out.stderr)  # the CLI colours its verdict
+        ended = re.search(rf"Job '{re.escape(job_id)}' (?:was )?(succeeded|failed|stopped)", text)
+        if ended:
+            return ended.group(1).upper()
+        time.sleep(2)
+    raise TimeoutError(f"job {job_id} still running after {timeout} s")

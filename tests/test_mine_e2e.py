@@ -7,94 +7,15 @@ resubmitted, and must write the same records as the uninterrupted run.
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import shutil
-import socket
 import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO
+from conftest import BETA, BIN, K, TOP_K, submit_mining
 
-from unime_ray.data.corpus import Corpus
-from unime_ray.data.easyvqa import build_easyvqa_corpus
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.vllm]
-
-BIN = Path(sys.executable).parent
-K, TOP_K, BETA = 6, 20, 0.01
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def ray_head():
-    """A Ray head on loopback in its own temp dir; stopped afterwards."""
-    temp = tempfile.mkdtemp(prefix="ur", dir="/tmp")  # short: Ray's socket paths have a length limit
-    port, dash = _free_port(), _free_port()
-    token = Path(temp) / "auth_token"
-    token.write_text(secrets.token_hex(32))
-    # Token auth on, with this cluster's own token: nothing depends on ~/.ray.
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN_PATH": str(token)}
-    subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={port}", f"--dashboard-port={dash}",
-                    "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats"],
-                   check=True, env=env, capture_output=True, timeout=120)
-    yield {"address": f"http://127.0.0.1:{dash}", "env": env}
-    subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
-    shutil.rmtree(temp, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def planted_corpus(tmp_path_factory):
-    """12 easy-VQA images (36 queries) plus bad rows of every kind."""
-    corpus = build_easyvqa_corpus(num_images=12, seed=7)
-    queries = corpus.queries.to_pylist() + [
-        {"id": "bad:missing", "instruction": "Find a caption for the given image.", "image_path": "no/such.png",
-         "positive_id": "ans:yes", "dataset": "planted"},
-        {"id": "bad:empty", "text": "", "positive_id": "ans:yes", "dataset": "planted"},
-        {"id": "bad:unknown", "text": "what?", "positive_id": "ans:nope", "dataset": "planted"},
-        {"id": "bad:corrupt_pos", "text": "what?", "positive_id": "img:corrupt", "dataset": "planted"},
-    ]
-    targets = corpus.targets.to_pylist() + [
-        {"id": "img:corrupt", "image": b"\x89PNG\r\n\x1a\n truncated", "dataset": "planted"},
-        {"id": "img:escape", "image_path": "../../../etc/hostname", "dataset": "planted"},
-    ]
-    out = tmp_path_factory.mktemp("corpus")
-    Corpus(pa.Table.from_pylist(queries, schema=corpus.queries.schema),
-           pa.Table.from_pylist(targets, schema=corpus.targets.schema)).save(out)
-    return {"path": str(out), "image_root": corpus.image_root, "good_queries": corpus.queries.num_rows}
-
-
-def _entrypoint(planted, checkpoints, output_dir):
-    return ["--", "python", "jobs/mine.py", "--config", "configs/mine.yaml", "--output-dir", str(output_dir),
-            "corpus.source=parquet", f"corpus.path={planted['path']}", f"corpus.image_root={planted['image_root']}",
-            f"embed.model={checkpoints['embedder']}", f"judge.model={checkpoints['judge']}",
-            f"retrieval.top_k={TOP_K}", f"select.k={K}", f"select.beta={BETA}", "judge.max_model_len=1024"]
-
-
-def _submit(head, planted, checkpoints, output_dir, *extra):
-    cmd = [str(BIN / "ray"), "job", "submit", "--address", head["address"], "--working-dir", str(REPO), *extra]
-    cmd += _entrypoint(planted, checkpoints, output_dir)
-    return subprocess.run(cmd, env=head["env"], capture_output=True, text=True, timeout=900)
-
-
-@pytest.fixture(scope="module")
-def first_run(ray_head, planted_corpus, checkpoints, tmp_path_factory):
-    out = tmp_path_factory.mktemp("mine1")
-    done = _submit(ray_head, planted_corpus, checkpoints, out)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    return out
 
 
 def test_mined_records_respect_the_method(first_run, planted_corpus):
@@ -134,7 +55,7 @@ def test_bad_rows_are_reported_with_reasons(first_run):
 
 def test_a_job_stopped_midway_resumes_to_the_same_records(ray_head, planted_corpus, checkpoints, first_run, tmp_path):
     out = tmp_path / "mine2"
-    started = _submit(ray_head, planted_corpus, checkpoints, out, "--no-wait", "--submission-id", "mine-killed")
+    started = submit_mining(ray_head, planted_corpus, checkpoints, out, "--no-wait", "--submission-id", "mine-killed")
     assert started.returncode == 0, started.stderr
     manifest = out / "manifest.json"
     deadline = time.time() + 600
@@ -150,7 +71,7 @@ def test_a_job_stopped_midway_resumes_to_the_same_records(ray_head, planted_corp
     stages = json.loads(manifest.read_text())["stages"]
     assert "select" not in stages and not (out / "mined.parquet").exists()
 
-    resumed = _submit(ray_head, planted_corpus, checkpoints, out)
+    resumed = submit_mining(ray_head, planted_corpus, checkpoints, out)
     assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-4000:]
     assert "stage corpus: already complete, skipped" in resumed.stdout + resumed.stderr
     assert "stage embed: already complete, skipped" in resumed.stdout + resumed.stderr

@@ -42,7 +42,7 @@ def test_tiny_checkpoint_loads_through_the_auto_classes(checkpoints):
 
 
 def test_embedder_normalises_and_is_batch_invariant(checkpoints):
-    embedder = Embedder(checkpoints["embedder"])
+    embedder = Embedder.from_pretrained(checkpoints["embedder"])
     image = Image.open(__import__("io").BytesIO(png_bytes())).convert("RGB")
     items = [Item("Represent the given image.", "", image), Item("", "a red square"),
              Item("Find the caption:", "a much longer text about a red square on a white page", None)]

@@ -86,7 +86,7 @@ class EmbedUDF:
         from unime_ray.models.loading import set_torch_threads
 
         set_torch_threads(torch_threads)
-        self.embedder = Embedder(model, device, dtype)
+        self.embedder = Embedder.from_pretrained(model, device, dtype)
         self.image_root = image_root
         self.max_pixels = max_pixels
 

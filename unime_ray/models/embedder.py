@@ -32,10 +32,14 @@ def last_hidden(model, batch) -> torch.Tensor:
 class Embedder:
     """Embeds items with a multimodal LLM: prompt -> last token -> L2-normalised vector."""
 
-    def __init__(self, model_path: str, device: str = "cpu", dtype: str = "float32"):
+    def __init__(self, processor, model, device: str = "cpu"):
+        self.processor = processor
+        self.model = model
         self.device = device
-        self.processor = load_processor(model_path)
-        self.model = load_model(model_path, device, dtype)
+
+    @classmethod
+    def from_pretrained(cls, model_path: str, device: str = "cpu", dtype: str = "float32") -> "Embedder":
+        return cls(load_processor(model_path), load_model(model_path, device, dtype), device)
 
     def prompts(self, items: Sequence[Item]) -> list[str]:
         return [render(self.processor, user_turn(item.content())) for item in items]

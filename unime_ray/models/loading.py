@@ -43,7 +43,13 @@ def load_model(path: str, device: str = "cpu", dtype: str = "float32"):
 
 
 def backbone(model):
-    """The part of a ``*ForConditionalGeneration`` model that returns hidden states."""
+    """The part of a ``*ForConditionalGeneration`` model that returns hidden states.
+
+    A peft wrapper is unwrapped first (its ``.model`` is one level too high); the
+    adapters live inside the base model's modules, so they still apply.
+    """
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
     return model.model
 
 

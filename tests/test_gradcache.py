@@ -1,0 +1,89 @@
+"""Optimized training paths against the plain one, on the tiny real backbone with LoRA."""
+
+import copy
+
+import pytest
+import torch
+
+from unime_ray.models.embedder import Embedder
+from unime_ray.models.loading import load_model, load_processor
+from unime_ray.training.batch import build_batch
+from unime_ray.training.embedder_step import embedder_step, make_loss_fn
+from unime_ray.training.gradcache import RngState
+from unime_ray.training.lora import LoraSettings, apply_lora
+
+
+def _records():
+    # Four queries over six targets; targets repeat across and within records.
+    texts = {f"t{i}": f"target number {i} is a {c} shape" for i, c in enumerate("red blue green gray teal black".split())}
+    records = []
+    for q, (pos, negs) in enumerate([("t0", ["t1", "t2", "t1"]), ("t1", ["t0", "t2", "t3"]),
+                                      ("t2", ["t3", "t4", "t5"]), ("t3", ["t0", "t1", "t4"])]):
+        records.append({"query_id": f"q{q}", "query_instruction": "Find:", "query_text": f"query {q}",
+                        "query_image": "", "positive_id": pos, "pos_instruction": "", "pos_text": texts[pos],
+                        "pos_image": "", "query_pos_score": 0.9, "neg_ids": negs,
+                        "neg_instructions": [""] * 3, "neg_texts": [texts[n] for n in negs], "neg_images": [""] * 3,
+                        "neg_scores": [0.5 - 0.1 * i for i in range(3)]})
+    return records
+
+
+@pytest.fixture(scope="module")
+def embedder_factory(checkpoints):
+    processor = load_processor(checkpoints["embedder"])
+    torch.manual_seed(0)
+    base = apply_lora(load_model(checkpoints["embedder"]), LoraSettings(r=4, alpha=8, dropout=0.0, dora=True))
+    # Give the (zero-initialised) B matrices values, so adapter gradients are all non-trivial.
+    with torch.no_grad():
+        for name, p in base.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+
+    def fresh():
+        model = copy.deepcopy(base).train()
+        return Embedder(processor, model)
+
+    return fresh
+
+
+def _grads(model):
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+
+
+def _run(embedder, loss, chunk, dedup, hard=False):
+    batch = build_batch(_records(), None, num_negatives=3, dedup=dedup)
+    value = embedder_step(embedder.encode, batch, make_loss_fn(batch, loss, 0.05, hard), chunk)
+    return value.item(), _grads(embedder.model), len(batch.candidates)
+
+
+@pytest.mark.parametrize("loss,hard", [("soft_label", False), ("info_nce", False), ("info_nce", True)])
+def test_gradcache_equals_the_plain_path(embedder_factory, loss, hard):
+    plain_loss, plain_grads, _ = _run(embedder_factory(), loss, None, True, hard)
+    cached_loss, cached_grads, _ = _run(embedder_factory(), loss, 3, True, hard)
+    assert cached_loss == pytest.approx(plain_loss, rel=1e-5)
+    assert plain_grads.keys() == cached_grads.keys() and len(plain_grads) > 0
+    assert any(g.abs().sum() > 0 for g in plain_grads.values())  # non-trivial
+    for name in plain_grads:
+        # float32 sums in a different order: 1e-5 relative to the largest entry.
+        scale = plain_grads[name].abs().max().item() + 1e-12
+        assert (plain_grads[name] - cached_grads[name]).abs().max().item() <= 1e-5 * scale + 1e-9, name
+
+
+def test_dedup_encodes_fewer_candidates_with_the_same_loss_and_gradients(embedder_factory):
+    dup_loss, dup_grads, dup_n = _run(embedder_factory(), "soft_label", None, False)
+    dedup_loss, dedup_grads, dedup_n = _run(embedder_factory(), "soft_label", None, True)
+    assert (dup_n, dedup_n) == (16, 6)  # 4 x (1 + 3) slots, 6 distinct targets
+    assert dedup_loss == pytest.approx(dup_loss, rel=1e-5)
+    for name in dup_grads:
+        scale = dup_grads[name].abs().max().item() + 1e-12
+        assert (dup_grads[name] - dedup_grads[name]).abs().max().item() <= 1e-5 * scale + 1e-9, name
+
+
+def test_rng_replay_gives_identical_dropout(embedder_factory):
+    torch.manual_seed(0)
+    dropout = torch.nn.Dropout(0.5)
+    x = torch.ones(1000)
+    state = RngState()
+    first = dropout(x)
+    with state.restored():
+        again = dropout(x)
+    assert torch.equal(first, again) and not torch.equal(first, dropout(x))

@@ -1,0 +1,70 @@
+"""Checkpoints inside a Ray Train loop: adapter + optimizer + scheduler + step.
+
+Every worker calls ``report`` at the same steps (Ray Train requires it); rank 0 alone
+writes the checkpoint, since data-parallel replicas hold identical weights.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+ADAPTER = "adapter"
+STATE = "trainer_state.pt"
+
+
+def save_state(directory: Path, model, optimizer, scheduler, step: int) -> None:
+    model.save_pretrained(directory / ADAPTER)  # peft: the adapter only
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step},
+               directory / STATE)
+
+
+def load_state(directory: Path, model, optimizer, scheduler) -> int:
+    """Restore a checkpoint written by ``save_state``; returns its step."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(directory / ADAPTER / "adapter_model.safetensors"))
+    state = torch.load(directory / STATE, weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return int(state["step"])
+
+
+def restore_latest(model, optimizer, scheduler) -> int:
+    """The step to start from: that of Ray Train's latest checkpoint, or 0."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as directory:
+        return load_state(Path(directory), model, optimizer, scheduler)
+
+
+def report(metrics: dict, model=None, optimizer=None, scheduler=None, step: int | None = None) -> None:
+    """``ray.train.report`` with a checkpoint when ``model`` is given, else metrics only."""
+    import ray.train
+
+    if model is None:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if ray.train.get_context().get_world_rank() == 0:
+            save_state(Path(tmp), model, optimizer, scheduler, step)
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def warmup_linear(optimizer, warmup_steps: int, max_steps: int):
+    """Linear warm-up to the peak rate, then linear decay to zero."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (max_steps - step) / max(1, max_steps - warmup_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,66 @@
+"""Training configs: the sections every trainer shares, and the embedder job's config."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from unime_ray.config import StrictModel
+from unime_ray.training.lora import LoraSettings
+
+
+class DataSettings(StrictModel):
+    mined: str = Field("out/mine/mined.parquet", description="mined records (the mining job's mined.parquet)")
+    image_root: str | None = Field(None, description="root of the records' image paths; default: the file's directory")
+
+
+class ScalingSettings(StrictModel):
+    num_workers: int = Field(2, ge=1, description="data-parallel training workers")
+    use_gpu: bool = Field(False, description="one GPU per worker")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker")
+    backend: Literal["gloo", "nccl"] | None = Field(None, description="process group; default nccl on GPUs, else gloo")
+
+
+class OptimSettings(StrictModel):
+    lr: float = Field(1e-4, gt=0, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(200, ge=0, description="linear warm-up, then linear decay to 0")
+    max_steps: int = Field(2000, ge=1)
+    grad_clip: float | None = Field(1.0, description="max gradient norm; None turns clipping off")
+
+
+class CheckpointSettings(StrictModel):
+    every_steps: int = Field(100, ge=1, description="report a checkpoint every N steps (and at the end)")
+    num_to_keep: int = Field(2, ge=1, description="best checkpoints kept, by training loss")
+    max_failures: int = Field(2, ge=0, description="worker-group restarts from the latest checkpoint")
+
+
+class TrainEmbedderConfig(StrictModel):
+    output_dir: str = Field("out/train_embedder", description="Ray Train storage, logs and the exported model")
+    run_name: str = Field("embedder", description="Ray Train run name; a rerun with the same name resumes")
+    model: str = Field(".cache/checkpoints/embedder", description="backbone checkpoint: local dir or hub id")
+    device: str = Field("cpu", description="'cpu' or 'cuda' (with scaling.use_gpu)")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    loss: Literal["soft_label", "info_nce"] = Field("soft_label", description="UniME-V2, or VLM2Vec's InfoNCE baseline")
+    temperature: float = Field(0.02, gt=0, description="tau of both losses")
+    num_negatives: int = Field(8, ge=0, description="mined negatives per query (soft_label; info_nce with hard_negatives)")
+    info_nce_hard_negatives: bool = Field(False, description="info_nce: add each query's mined negatives")
+    per_worker_batch_size: int = Field(8, ge=1, description="queries per worker per step")
+    gradcache_chunk_size: int | None = Field(None, ge=1, description="encode in chunks of N items (GradCache); None: one pass")
+    dedup_candidates: bool = Field(True, description="encode a candidate repeated within a batch once")
+    gradient_checkpointing: bool = False
+    torch_threads: int | None = Field(1, ge=1, description="intra-op threads per worker")
+    seed: int = 0
+    lora: LoraSettings = LoraSettings()
+    data: DataSettings = DataSettings()
+    optim: OptimSettings = OptimSettings()
+    scaling: ScalingSettings = ScalingSettings()
+    checkpoint: CheckpointSettings = CheckpointSettings()
+    export: bool = Field(True, description="merge the final adapter into OUT/model")
+
+    @model_validator(mode="after")
+    def _loss_needs(self):
+        if self.loss == "soft_label" and self.num_negatives < 1:
+            raise ValueError("soft_label needs num_negatives >= 1")
+        return self
