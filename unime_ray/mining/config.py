@@ -40,7 +40,7 @@ class ActorConfig(StrictModel):
 class EmbedConfig(ActorConfig):
     model: str = Field(".cache/checkpoints/embedder", description="embedder checkpoint: local dir or hub id")
     device: str = Field("cpu", description="'cpu' or 'cuda'")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights' dtype (bfloat16 on GPUs)")
 
 
 class RetrievalConfig(StrictModel):
@@ -55,10 +55,10 @@ class RetrievalConfig(StrictModel):
 
 
 class JudgeConfig(ActorConfig):
-    backend: Literal["vllm", "transformers"] = "vllm"
+    backend: Literal["vllm", "transformers"] = Field("vllm", description="judge engine: vLLM or one transformers forward pass")
     model: str = Field(".cache/checkpoints/judge", description="judge MLLM checkpoint: local dir or hub id")
     device: str = Field("cpu", description="transformers backend: 'cpu' or 'cuda'")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights' dtype (bfloat16 on GPUs)")
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per judge actor")
     batch_size: int = Field(8, ge=1, description="queries per actor batch (each brings 1 + top_k pairs)")
     forward_batch_size: int = Field(32, ge=1, description="transformers backend: pairs per forward pass")

@@ -24,9 +24,9 @@ class ScalingSettings(StrictModel):
 
 class OptimSettings(StrictModel):
     lr: float = Field(1e-4, gt=0, description="peak learning rate (AdamW)")
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     warmup_steps: int = Field(200, ge=0, description="linear warm-up, then linear decay to 0")
-    max_steps: int = Field(2000, ge=1)
+    max_steps: int = Field(2000, ge=1, description="optimizer steps (the paper: 2,000)")
     grad_clip: float | None = Field(1.0, description="max gradient norm; None turns clipping off")
 
 
@@ -41,7 +41,7 @@ class TrainEmbedderConfig(StrictModel):
     run_name: str = Field("embedder", description="Ray Train run name; a rerun with the same name resumes")
     model: str = Field(".cache/checkpoints/embedder", description="backbone checkpoint: local dir or hub id")
     device: str = Field("cpu", description="'cpu' or 'cuda' (with scaling.use_gpu)")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights' dtype (bfloat16 on GPUs)")
     loss: Literal["soft_label", "info_nce"] = Field("soft_label", description="UniME-V2, or VLM2Vec's InfoNCE baseline")
     temperature: float = Field(0.02, gt=0, description="tau of both losses")
     num_negatives: int = Field(8, ge=0, description="mined negatives per query (soft_label; info_nce with hard_negatives)")
@@ -49,9 +49,9 @@ class TrainEmbedderConfig(StrictModel):
     per_worker_batch_size: int = Field(8, ge=1, description="queries per worker per step")
     gradcache_chunk_size: int | None = Field(None, ge=1, description="encode in chunks of N items (GradCache); None: one pass")
     dedup_candidates: bool = Field(True, description="encode a candidate repeated within a batch once")
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward (less memory)")
     torch_threads: int | None = Field(1, ge=1, description="intra-op threads per worker")
-    seed: int = 0
+    seed: int = Field(0, description="seeds LoRA init (same on all workers) and dropout (per worker)")
     lora: LoraSettings = LoraSettings()
     data: DataSettings = DataSettings()
     optim: OptimSettings = OptimSettings()
