@@ -24,6 +24,8 @@ RECORD_COLUMNS = ["query_id", "query_instruction", "query_text", "query_image", 
 
 
 def main(argv=None) -> dict:
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
     import ray
     import ray.data
 
@@ -45,6 +47,11 @@ def main(argv=None) -> dict:
     if Path(cfg.model).exists():
         cfg.model = str(Path(cfg.model).resolve())
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    negatives = pq.read_table(mined, columns=["neg_ids"]).column("neg_ids")
+    fewest = pc.min(pc.list_value_length(negatives)).as_py() if len(negatives) else 0
+    if cfg.num_negatives > (fewest or 0):
+        raise SystemExit(f"{mined} has records with {fewest} negatives; num_negatives={cfg.num_negatives} "
+                         "needs at least that many (mine with a larger select.k)")
     dataset = ray.data.read_parquet(str(mined), columns=RECORD_COLUMNS)
     result = build_trainer(train_embedder_loop, cfg, dataset).fit()
     out = Path(cfg.output_dir)

@@ -79,10 +79,13 @@ def planted_corpus(tmp_path_factory):
         {"id": "bad:empty", "text": "", "positive_id": "ans:yes", "dataset": "planted"},
         {"id": "bad:unknown", "text": "what?", "positive_id": "ans:nope", "dataset": "planted"},
         {"id": "bad:corrupt_pos", "text": "what?", "positive_id": "img:corrupt", "dataset": "planted"},
+        # Decodes and passes validation, but Qwen2-VL's processor refuses the aspect ratio.
+        {"id": "bad:thin", "image": png_bytes(size=(2, 600)), "positive_id": "ans:yes", "dataset": "planted"},
     ]
     targets = corpus.targets.to_pylist() + [
         {"id": "img:corrupt", "image": b"\x89PNG\r\n\x1a\n truncated", "dataset": "planted"},
         {"id": "img:escape", "image_path": "../../../etc/hostname", "dataset": "planted"},
+        {"id": "img:thin", "image": png_bytes(size=(600, 2)), "dataset": "planted"},
     ]
     out = tmp_path_factory.mktemp("corpus")
     Corpus(pa.Table.from_pylist(queries, schema=corpus.queries.schema),

@@ -138,3 +138,20 @@ def test_config_yaml_and_dotted_overrides(tmp_path):
         load_config(MineConfig, None, ["judge.backend=openai"])
     with pytest.raises(ValueError, match="corpus.path is required"):
         load_config(MineConfig, None, ["corpus.source=parquet"])
+
+
+def test_malformed_json_records_are_rejected_and_the_rest_read(tmp_path):
+    records = [
+        {"query_text": "what?", "pos_text": "yes", "query_image": "", "pos_image": ""},
+        {"query_text": "no positive"},
+        "not an object",
+        {"query_text": "q", "pos_text": "p", "hard_negatives": [["only one"]]},
+        {"query_text": 3, "pos_text": "p"},
+    ]
+    (tmp_path / "r.json").write_text(json.dumps(records))
+    corpus = read_unime_json(tmp_path / "r.json")
+    assert corpus.queries.column("id").to_pylist() == ["q0"]
+    reasons = {r["id"]: r["reason"] for r in corpus.rejects}
+    assert reasons == {"q1": "record lacks ['pos_text']", "q2": "record is a str, not an object",
+                       "q3": "hard_negatives is not a list of [text, image] pairs",
+                       "q4": "query_text is not a string"}

@@ -87,3 +87,26 @@ def test_rng_replay_gives_identical_dropout(embedder_factory):
     with state.restored():
         again = dropout(x)
     assert torch.equal(first, again) and not torch.equal(first, dropout(x))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(embedder_factory):
+    plain_loss, plain_grads, _ = _run(embedder_factory(), "soft_label", None, True)
+    checkpointed = embedder_factory()
+    checkpointed.model.gradient_checkpointing_enable()
+    checkpointed.model.enable_input_require_grads()
+    assert checkpointed.model.get_base_model().model.language_model.gradient_checkpointing
+    ckpt_loss, ckpt_grads, _ = _run(checkpointed, "soft_label", None, True)
+    assert ckpt_loss == pytest.approx(plain_loss, rel=1e-5)
+    for name in plain_grads:
+        scale = plain_grads[name].abs().max().item() + 1e-12
+        assert (plain_grads[name] - ckpt_grads[name]).abs().max().item() <= 1e-5 * scale + 1e-9, name
+
+
+def test_bad_records_are_skipped_with_their_reason(tmp_path):
+    records = _records()
+    records[1]["query_image"] = "missing.png"
+    records[2]["neg_ids"] = records[2]["neg_ids"][:1]
+    batch = build_batch(records, str(tmp_path), num_negatives=3)
+    assert batch.size == 2 and batch.candidate_index.shape == (2, 4) and batch.judge_scores.shape == (2, 4)
+    reasons = dict(batch.skipped)
+    assert "not found" in reasons["q1"] and reasons["q2"] == "1 negatives, training asks for 3"

@@ -50,7 +50,11 @@ def test_bad_rows_are_reported_with_reasons(first_run):
     assert rejects["bad:corrupt_pos"] == "positive target 'img:corrupt' was rejected"
     assert "cannot be decoded" in rejects["img:corrupt"]
     assert "escapes the image root" in rejects["img:escape"]
-    assert len(rejects) == 6
+    assert rejects["bad:thin"].startswith("embedding failed")  # failed after validation: still reported
+    assert rejects["img:thin"].startswith("embedding failed")
+    assert len(rejects) == 8
+    summary = json.loads((first_run / "summary.json").read_text())
+    assert summary["rows_rejected"] == 8 and summary["rejected_by_reason"]["embedding failed"] == 2
 
 
 def test_a_job_stopped_midway_resumes_to_the_same_records(ray_head, planted_corpus, checkpoints, first_run, tmp_path):

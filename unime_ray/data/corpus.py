@@ -7,7 +7,7 @@ with ``queries.parquet`` and ``targets.parquet``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -40,6 +40,7 @@ class Corpus:
     queries: pa.Table
     targets: pa.Table
     image_root: str | None = None
+    rejects: list[dict] = field(default_factory=list)  # input records a reader could not parse
 
     def __post_init__(self) -> None:
         self.queries = conform(self.queries, QUERY_SCHEMA, "queries")

@@ -34,9 +34,27 @@ def _target_id(text: str, image: str) -> str:
     return "t:" + hashlib.sha1(f"{text}\x00{image}".encode()).hexdigest()[:16]
 
 
+def _record_problem(record) -> str | None:
+    """Why a JSON record cannot be read, or None."""
+    if not isinstance(record, dict):
+        return f"record is a {type(record).__name__}, not an object"
+    missing = sorted({"query_text", "pos_text"} - record.keys())
+    if missing:
+        return f"record lacks {missing}"
+    for key in ("query_text", "pos_text", "query_image", "pos_image"):
+        if record.get(key) is not None and not isinstance(record[key], str):
+            return f"{key} is not a string"
+    negatives = record.get("hard_negatives") or []
+    if not isinstance(negatives, list) or not all(
+            isinstance(n, list) and len(n) == 2 and all(isinstance(x, (str, type(None))) for x in n) for n in negatives):
+        return "hard_negatives is not a list of [text, image] pairs"
+    return None
+
+
 def read_unime_json(path: str | Path, image_root: str | None = None) -> Corpus:
     """Records -> corpus. Positives and any listed hard negatives become targets
-    (deduplicated by content), so re-mining a published file searches the same pool."""
+    (deduplicated by content), so re-mining a published file searches the same pool.
+    A malformed record goes to ``corpus.rejects`` with its reason; the rest are read."""
     records = json.loads(Path(path).read_text())
     if not isinstance(records, list):
         raise ValueError(f"{path}: expected a JSON list of records")
@@ -49,10 +67,12 @@ def read_unime_json(path: str | Path, image_root: str | None = None) -> Corpus:
                                  "image_path": image or None})
         return tid
 
+    rejects = []
     for row, record in enumerate(records):
-        missing = {"query_text", "pos_text"} - record.keys()
-        if missing:
-            raise ValueError(f"{path}: record {row} lacks {sorted(missing)}")
+        problem = _record_problem(record)
+        if problem:
+            rejects.append({"table": "queries", "id": f"q{row}", "row": row, "reason": problem})
+            continue
         positive = add_target(record["pos_text"], record.get("pos_image") or "")
         for text, image in record.get("hard_negatives") or []:
             add_target(text, image or "")
@@ -67,6 +87,7 @@ def read_unime_json(path: str | Path, image_root: str | None = None) -> Corpus:
         pa.Table.from_pylist(queries, schema=QUERY_SCHEMA),
         pa.Table.from_pylist(list(targets.values()), schema=TARGET_SCHEMA),
         image_root,
+        rejects,
     )
 
 

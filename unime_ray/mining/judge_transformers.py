@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from unime_ray.mining.judge import JudgeResult, Pair, judge_prompt, score_isolating_failures, yes_no_token_ids, yes_probability

@@ -24,6 +24,18 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def path_signature(path: str | None) -> list:
+    """What identifies a local file's or directory's current content cheaply: the name,
+    size and modification time of each file (a re-exported model at the same path, or
+    an edited corpus, changes it). Anything else (a hub id, None) is taken as given."""
+    if not path or not Path(path).exists():
+        return [path]
+    root = Path(path)
+    files = [root] if root.is_file() else sorted(f for f in root.rglob("*") if f.is_file())
+    return [[str(f.relative_to(root) if f != root else f.name), f.stat().st_size, f.stat().st_mtime_ns]
+            for f in files]
+
+
 class Manifest:
     def __init__(self, output_dir: str | Path):
         self.root = Path(output_dir)

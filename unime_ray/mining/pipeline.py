@@ -20,13 +20,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from unime_ray import metrics
-from unime_ray.data.corpus import REJECT_SCHEMA, Corpus, rejects_table
+from unime_ray.data.corpus import Corpus, rejects_table
 from unime_ray.data.validate import ERROR_COLUMN, check_rows, cross_row_errors
 from unime_ray.mining.config import MineConfig
-from unime_ray.mining.manifest import Manifest, fingerprint
+from unime_ray.mining.manifest import Manifest, fingerprint, path_signature
 from unime_ray.mining.retrieval import build_index, search_excluding_positive
 from unime_ray.mining.select import seeded_rng, select_hard_negatives
-from unime_ray.mining.stages import ActorStage, EmbedUDF, JudgeUDF, embeddings_matrix
+from unime_ray.mining.stages import ActorStage, EmbedUDF, JudgeUDF, embeddings_matrix, table_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,9 @@ CORPUS_IMAGES = "corpus_images"  # a link to the corpus' image root, under the o
 def load_corpus(config: MineConfig) -> Corpus:
     c = config.corpus
     if c.source == "easyvqa":
-        corpus = build_easyvqa_default(c.num_images, c.seed)
+        from unime_ray.data.easyvqa import build_easyvqa_corpus
+
+        corpus = build_easyvqa_corpus(c.num_images, c.seed)
     elif c.source == "parquet":
         corpus = Corpus.load(c.path, c.image_root)
     else:
@@ -51,18 +53,13 @@ def load_corpus(config: MineConfig) -> Corpus:
     return corpus
 
 
-def build_easyvqa_default(num_images: int, seed: int) -> Corpus:
-    from unime_ray.data.easyvqa import build_easyvqa_corpus
-
-    return build_easyvqa_corpus(num_images, seed)
-
-
 def _checked(table: pa.Table, image_root: str | None, max_pixels: int) -> pa.Table:
     """Per-row checks as a Ray Data map over the table (order kept by the job)."""
-    import ray.data
+    import ray
 
     table = table.append_column("row", pa.array(np.arange(table.num_rows), pa.int64()))
-    ds = ray.data.from_arrow(table).map_batches(
+    # Several blocks, so image decoding spreads over tasks (one table is one block).
+    ds = table_dataset(table, blocks=max(1, table.num_rows // 256), batch_size=64).map_batches(
         check_rows, fn_kwargs={"image_root": image_root, "max_pixels": max_pixels},
         batch_format="pyarrow", num_cpus=0.25)
     return pa.concat_tables(ray.get(ds.to_arrow_refs())) if table.num_rows else table.append_column(
@@ -86,12 +83,13 @@ def stage_corpus(config: MineConfig, out: Path) -> dict:
     query_errors, target_errors = cross_row_errors(queries, targets)
     queries, query_rejects = _split(queries, query_errors, "queries")
     targets, target_rejects = _split(targets, target_errors, "targets")
+    query_rejects = corpus.rejects + query_rejects  # records the reader could not parse
     for reject in query_rejects + target_rejects:
-        logger.warning("rejected %s row %d (id %r): %s", reject["table"], reject["row"], reject["id"], reject["reason"])
+        logger.warning("rejected %s row %s (id %r): %s", reject["table"], reject["row"], reject["id"], reject["reason"])
     metrics.inc("rows_rejected", len(query_rejects) + len(target_rejects))
     Corpus(queries, targets).save(out)
     pq.write_table(rejects_table(query_rejects + target_rejects), out / "rejects.parquet")
-    return {"image_root": corpus.image_root, "queries_in": corpus.queries.num_rows,
+    return {"image_root": corpus.image_root, "queries_in": corpus.queries.num_rows + len(corpus.rejects),
             "targets_in": corpus.targets.num_rows, "queries": queries.num_rows, "targets": targets.num_rows}
 
 
@@ -113,15 +111,22 @@ def stage_retrieve(config: MineConfig, corpus_dir: Path, embed_dir: Path, out: P
     r = config.retrieval
     queries = pq.read_table(corpus_dir / "queries.parquet", columns=["id", "positive_id"])
     target_ids = pq.read_table(corpus_dir / "targets.parquet", columns=["id"]).column("id").to_pylist()
-    t_emb, t_ids = embeddings_matrix(pq.read_table(embed_dir / "targets"), target_ids)
-    q_emb, q_ids = embeddings_matrix(pq.read_table(embed_dir / "queries"), queries.column("id").to_pylist())
+    embedded = {name: pq.read_table(embed_dir / name) for name in ("queries", "targets")}
+    t_emb, t_ids = embeddings_matrix(embedded["targets"], target_ids)
+    q_emb, q_ids = embeddings_matrix(embedded["queries"], queries.column("id").to_pylist())
+    # Rows that passed validation but failed to embed: reported here, not silently lost.
+    rejects = [{"table": name, "id": row["id"], "row": None, "reason": row["error"]}
+               for name, table in embedded.items() for row in table.select(["id", "error"]).to_pylist()
+               if row["error"]]
+    pq.write_table(rejects_table(rejects), out / "rejects.parquet")
+    metrics.inc("rows_rejected", len(rejects))
     if not t_ids or not q_ids:
         raise RuntimeError(f"nothing to search: {len(q_ids)} queries and {len(t_ids)} targets were embedded "
                            f"(see the embed stage's error column under {embed_dir})")
     row_of = {tid: i for i, tid in enumerate(t_ids)}
     positive_of = dict(zip(queries.column("id").to_pylist(), queries.column("positive_id").to_pylist()))
-    # A query whose positive failed to embed keeps -1: nothing is excluded, and the
-    # judge stage rejects it (its positive is unscorable without an embedding anyway).
+    # A positive that failed to embed is not in the index: -1 excludes nothing. The judge
+    # still scores the pair (it needs no embedding), so the query is mined as usual.
     positives = np.array([row_of.get(positive_of[q], -1) for q in q_ids], dtype=np.int64)
     index = build_index(t_emb, r.index, nlist=r.nlist, nprobe=r.nprobe, hnsw_m=r.hnsw_m,
                         ef_search=r.ef_search, use_gpu=r.use_gpu)
@@ -131,7 +136,8 @@ def stage_retrieve(config: MineConfig, corpus_dir: Path, embed_dir: Path, out: P
         "candidate_ids": pa.array([[t_ids[i] for i in row] for row in ids], pa.list_(pa.string())),
         "candidate_sims": pa.array(sims, pa.list_(pa.float32())),
     }), out / "candidates.parquet")
-    return {"queries_embedded": len(q_ids), "targets_embedded": len(t_ids), "dim": int(t_emb.shape[1])}
+    return {"queries_embedded": len(q_ids), "targets_embedded": len(t_ids), "dim": int(t_emb.shape[1]),
+            "rejected": len(rejects)}
 
 
 def stage_judge(config: MineConfig, corpus_dir: Path, retrieve_dir: Path, image_root: str | None, out: Path) -> dict:
@@ -233,7 +239,7 @@ def stage_select(config: MineConfig, corpus_dir: Path, retrieve_dir: Path, judge
     metrics.inc("fallbacks_used", counts["fallbacks"])
     metrics.inc("rows_rejected", len(rejects))
     pq.write_table(pa.Table.from_pylist(records), out / "mined.parquet")
-    pq.write_table(pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA), out / "rejects.parquet")
+    pq.write_table(rejects_table(rejects), out / "rejects.parquet")
     return {"records": len(records), "rejected": len(rejects), **counts}
 
 
@@ -259,10 +265,12 @@ def run_mining(config: MineConfig) -> dict:
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     manifest = Manifest(output_dir)
     dump = lambda section: section.model_dump(mode="json")  # noqa: E731
-    fp_corpus = fingerprint(dump(config.corpus))
-    fp_embed = fingerprint(fp_corpus, config.embed.model, config.embed.dtype)
+    j = config.judge
+    fp_corpus = fingerprint(dump(config.corpus), path_signature(config.corpus.path))
+    fp_embed = fingerprint(fp_corpus, config.embed.model, path_signature(config.embed.model), config.embed.dtype)
     fp_retrieve = fingerprint(fp_embed, dump(config.retrieval))
-    fp_judge = fingerprint(fp_retrieve, config.judge.backend, config.judge.model, config.judge.dtype)
+    fp_judge = fingerprint(fp_retrieve, j.backend, j.model, path_signature(j.model), j.dtype, j.max_model_len,
+                           j.engine_kwargs)
     fp_select = fingerprint(fp_judge, dump(config.select), config.output_dir)
 
     corpus_info = manifest.run("corpus", fp_corpus, lambda out: stage_corpus(config, out))
@@ -278,8 +286,8 @@ def run_mining(config: MineConfig) -> dict:
 
     select_dir = manifest.stage_dir("select")
     mined = _publish(select_dir, "mined.parquet", output_dir)
-    rejects = pa.concat_tables([pq.read_table(corpus_dir / "rejects.parquet"),
-                                pq.read_table(select_dir / "rejects.parquet")])
+    rejects = pa.concat_tables([pq.read_table(manifest.stage_dir(stage) / "rejects.parquet")
+                                for stage in ("corpus", "retrieve", "select")])
     pq.write_table(rejects, output_dir / "rejects.parquet")
     if config.write_unime_json:
         from unime_ray.data.unime_json import write_unime_json
@@ -310,6 +318,7 @@ def run_mining(config: MineConfig) -> dict:
 def _reason_kind(reason: str) -> str:
     """A reason without its row-specific details, for counting ('image file ... not found')."""
     for kind in ("not found", "cannot be decoded", "escapes the image root", "empty item", "unknown positive",
+                 "embedding failed",
                  "was rejected", "duplicate", "over the limit", "positive pair failed", "no candidate"):
         if kind in reason:
             return kind

@@ -37,6 +37,19 @@ def row_item(row: dict, image_root: str | None, max_pixels: int) -> Item:
     return Item(row.get("instruction") or "", row.get("text") or "", image)
 
 
+def table_dataset(table: pa.Table, blocks: int, batch_size: int):
+    """``table`` as a Ray dataset of about ``blocks`` blocks of whole batches.
+
+    ``from_arrow`` of one table is one block, which a single task or actor would process
+    alone; slicing (no copy, no shuffle) spreads it out.
+    """
+    import ray.data
+
+    rows_per_block = -(-max(1, table.num_rows) // max(1, blocks))  # ceil
+    rows_per_block = -(-rows_per_block // batch_size) * batch_size
+    return ray.data.from_arrow([table.slice(i, rows_per_block) for i in range(0, max(1, table.num_rows), rows_per_block)])
+
+
 @dataclass
 class ActorStage:
     """Resources of one actor-pool stage: what ``map_batches`` needs beside the UDF."""
@@ -51,17 +64,8 @@ class ActorStage:
         return cls(config.num_actors, config.num_cpus, config.num_gpus, config.batch_size)
 
     def dataset(self, table: pa.Table, blocks_per_actor: int = 4):
-        """``table`` as a Ray dataset in enough blocks to keep every actor busy.
-
-        ``from_arrow`` of one table is one block, which one actor would process alone.
-        Blocks are whole batches, so no batch straddles two blocks.
-        """
-        import ray.data
-
-        blocks = max(1, self.num_actors * blocks_per_actor)
-        rows_per_block = -(-max(1, table.num_rows) // blocks)  # ceil
-        rows_per_block = -(-rows_per_block // self.batch_size) * self.batch_size
-        return ray.data.from_arrow([table.slice(i, rows_per_block) for i in range(0, max(1, table.num_rows), rows_per_block)])
+        """``table`` as a Ray dataset in enough blocks to keep every actor busy."""
+        return table_dataset(table, self.num_actors * blocks_per_actor, self.batch_size)
 
     def map_batches_kwargs(self) -> dict[str, Any]:
         import ray.data

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from unime_ray.data.images import load_image
+from unime_ray.data.images import ImageError, load_image
 from unime_ray.models.inputs import Item
 
 
@@ -22,6 +22,7 @@ class EmbedBatch:
     candidates: list[Item]  # unique when built with dedup
     candidate_index: torch.Tensor  # [batch, 1 + k] rows of ``candidates``; slot 0 is the positive
     judge_scores: torch.Tensor  # [batch, 1 + k] P(Yes) of each (query, slot)
+    skipped: list[tuple[str, str]]  # (query id, reason) of records left out
 
     @property
     def size(self) -> int:
@@ -32,24 +33,38 @@ def _item(instruction: str | None, text: str | None, image_ref: str | None, imag
     return Item(instruction or "", text or "", load_image(None, image_ref or None, image_root))
 
 
+def _record_items(record: dict, image_root: str | None, num_negatives: int):
+    """(query item, [(target id, item)] for the positive and negatives); raises on a bad record."""
+    if len(record["neg_ids"]) < num_negatives:
+        raise ValueError(f"{len(record['neg_ids'])} negatives, training asks for {num_negatives}")
+    query = _item(record["query_instruction"], record["query_text"], record["query_image"], image_root)
+    slots = [(record["positive_id"], record["pos_instruction"], record["pos_text"], record["pos_image"])]
+    slots += list(zip(record["neg_ids"], record["neg_instructions"], record["neg_texts"], record["neg_images"]))
+    return query, [(tid, _item(i, t, im, image_root)) for tid, i, t, im in slots[: 1 + num_negatives]]
+
+
 def build_batch(records: list[dict], image_root: str | None, num_negatives: int = 8, dedup: bool = True) -> EmbedBatch:
-    """Candidates per query: the positive, then its first ``num_negatives`` mined negatives."""
-    queries, candidates, index, scores = [], [], [], []
+    """Candidates per query: the positive, then its first ``num_negatives`` mined negatives.
+
+    A record with a missing or unreadable image, or too few negatives, is left out and
+    listed in ``skipped``; the rest of the batch trains.
+    """
+    queries, candidates, index, scores, skipped = [], [], [], [], []
     row_of: dict[str, int] = {}
     for record in records:
-        if len(record["neg_ids"]) < num_negatives:
-            raise ValueError(f"record {record['query_id']!r} has {len(record['neg_ids'])} negatives, "
-                             f"training asks for {num_negatives}")
-        queries.append(_item(record["query_instruction"], record["query_text"], record["query_image"], image_root))
-        slots = [(record["positive_id"], record["pos_instruction"], record["pos_text"], record["pos_image"])]
-        slots += list(zip(record["neg_ids"], record["neg_instructions"], record["neg_texts"], record["neg_images"]))
+        try:
+            query, slots = _record_items(record, image_root, num_negatives)
+        except (ImageError, ValueError) as error:
+            skipped.append((record["query_id"], str(error)))
+            continue
+        queries.append(query)
         rows = []
-        for target_id, instruction, text, image in slots[: 1 + num_negatives]:
+        for target_id, item in slots:
             if not dedup or target_id not in row_of:
                 row_of[target_id] = len(candidates)
-                candidates.append(_item(instruction, text, image, image_root))
+                candidates.append(item)
             rows.append(row_of[target_id] if dedup else len(candidates) - 1)
         index.append(rows)
         scores.append([record["query_pos_score"], *record["neg_scores"][:num_negatives]])
-    return EmbedBatch(queries, candidates, torch.tensor(index, dtype=torch.long),
-                      torch.tensor(scores, dtype=torch.float32))
+    return EmbedBatch(queries, candidates, torch.tensor(index, dtype=torch.long).reshape(len(index), 1 + num_negatives),
+                      torch.tensor(scores, dtype=torch.float32).reshape(len(index), 1 + num_negatives), skipped)

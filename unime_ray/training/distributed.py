@@ -27,12 +27,20 @@ def world() -> tuple[int, int]:
 
 
 def gather_with_local_grad(x: torch.Tensor) -> torch.Tensor:
-    """[n, ...] per worker -> [world * n, ...]; only this worker's rows carry gradients."""
+    """[n_i, ...] per worker -> [sum n_i, ...] in rank order; only this worker's rows carry
+    gradients. Workers may hold different numbers of rows (a skipped bad record)."""
     rank, size = world()
     if size == 1:
         return x
-    parts = [torch.empty_like(x) for _ in range(size)]
-    dist.all_gather(parts, x.detach().contiguous())
+    count = torch.tensor([x.shape[0]], device=x.device)
+    counts = [torch.empty_like(count) for _ in range(size)]
+    dist.all_gather(counts, count)
+    counts = [int(c.item()) for c in counts]
+    padded = x.new_zeros((max(counts), *x.shape[1:]))
+    padded[: x.shape[0]] = x.detach()
+    parts = [torch.empty_like(padded) for _ in range(size)]
+    dist.all_gather(parts, padded)
+    parts = [part[:n] for part, n in zip(parts, counts)]
     parts[rank] = x
     return torch.cat(parts, dim=0)
 
@@ -43,14 +51,18 @@ def loss_scale(gathered: bool) -> float:
 
 
 def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
-    """All-reduce and average the gradients of ``parameters`` across workers."""
+    """All-reduce and average the gradients of ``parameters`` across workers.
+
+    A missing gradient counts as zeros, so every worker issues the same collectives.
+    """
     _, size = world()
     if size == 1:
         return
     for parameter in parameters:
-        if parameter.grad is not None:
-            dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)
-            parameter.grad.div_(size)
+        if parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
+        dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)
+        parameter.grad.div_(size)
 
 
 def average_scalar(value: float) -> float:
@@ -58,6 +70,8 @@ def average_scalar(value: float) -> float:
     _, size = world()
     if size == 1:
         return value
-    tensor = torch.tensor([value], dtype=torch.float64)
+    # NCCL reduces only GPU tensors; gloo takes CPU ones.
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return float(tensor.item() / size)

@@ -34,16 +34,36 @@ def load_trainable_embedder(cfg: TrainEmbedderConfig):
     return Embedder(load_processor(cfg.model), model, cfg.device)
 
 
-def record_batches(shard, batch_size: int):
-    """Endless record batches from this worker's shard, epoch after epoch."""
+def record_batches(shard, batch_size: int, seed: int, shuffle_buffer: int = 1024):
+    """Endless record batches from this worker's shard, epoch after epoch, each epoch in
+    its own seeded order (reproducible, different across epochs).
+
+    Mined records arrive sorted by query id, i.e. task after task; the local shuffle
+    buffer mixes them (fully, for shards up to ``shuffle_buffer`` records).
+    """
+    epoch = 0
     while True:
         produced = False
-        for batch in shard.iter_batches(batch_size=batch_size, batch_format="pyarrow", drop_last=True):
+        for batch in shard.iter_batches(batch_size=batch_size, batch_format="pyarrow", drop_last=True,
+                                        local_shuffle_buffer_size=max(shuffle_buffer, 4 * batch_size),
+                                        local_shuffle_seed=seed + epoch):
             produced = True
             yield batch.to_pylist()
         if not produced:
             raise ValueError(f"this worker's shard has fewer than {batch_size} records; "
                              "lower per_worker_batch_size or use fewer workers")
+        epoch += 1
+
+
+def next_trainable_batch(batches, cfg: TrainEmbedderConfig, num_negatives: int, skipped: list):
+    """The next batch with at least one usable record; bad records are logged and counted."""
+    while True:
+        batch = build_batch(next(batches), cfg.data.image_root, num_negatives, cfg.dedup_candidates)
+        for query_id, reason in batch.skipped:
+            logger.warning("skipped training record %r: %s", query_id, reason)
+        skipped.extend(batch.skipped)
+        if batch.size:
+            return batch
 
 
 def train_embedder_loop(config: dict) -> None:
@@ -64,13 +84,15 @@ def train_embedder_loop(config: dict) -> None:
     start = restore_latest(embedder.model, optimizer, scheduler)
     if start:
         logger.info("rank %d resumes from step %d", rank, start)
-    image_root = cfg.data.image_root or str(Path(cfg.data.mined).parent)
-    batches = record_batches(ray.train.get_dataset_shard("train"), cfg.per_worker_batch_size)
+    batches = record_batches(ray.train.get_dataset_shard("train"), cfg.per_worker_batch_size, cfg.seed)
+    for _ in range(start):  # a resumed run continues where the checkpointed one was in the data
+        next(batches)
     scale = loss_scale(gathered=cfg.loss == "info_nce")
+    num_negatives = cfg.num_negatives if cfg.loss == "soft_label" or cfg.info_nce_hard_negatives else 0
+    skipped: list = []
     for step in range(start + 1, cfg.optim.max_steps + 1):
         began = time.perf_counter()
-        batch = build_batch(next(batches), image_root, cfg.num_negatives if cfg.loss == "soft_label" or
-                            cfg.info_nce_hard_negatives else 0, cfg.dedup_candidates)
+        batch = next_trainable_batch(batches, cfg, num_negatives, skipped)
         optimizer.zero_grad(set_to_none=True)
         loss = embedder_step(embedder.encode, batch,
                              make_loss_fn(batch, cfg.loss, cfg.temperature, cfg.info_nce_hard_negatives),
@@ -87,6 +109,7 @@ def train_embedder_loop(config: dict) -> None:
             "lr": scheduler.get_last_lr()[0],
             "samples_per_s": average_scalar(batch.size / seconds) * context.get_world_size(),
             "candidates_encoded": len(batch.candidates),
+            "records_skipped": int(average_scalar(len(skipped)) * context.get_world_size()),
             "resumed_from_step": start,
         }
         if rank == 0:

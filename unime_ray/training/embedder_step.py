@@ -22,10 +22,10 @@ def make_loss_fn(batch: EmbedBatch, loss: Literal["soft_label", "info_nce"], tem
 
     def loss_fn(embeddings: torch.Tensor) -> torch.Tensor:
         queries, unique = embeddings[:n], embeddings[n:]  # [n, dim], [u, dim]
-        candidates = unique[batch.candidate_index]  # [n, 1 + k, dim]
+        candidates = unique[batch.candidate_index.to(unique.device)]  # [n, 1 + k, dim]
         if loss == "soft_label":
             scores = torch.einsum("nd,nkd->nk", queries, candidates)  # [n, 1 + k] cosine
-            return soft_label_kl_loss(scores, batch.judge_scores, temperature) * loss_scale(gathered=False)
+            return soft_label_kl_loss(scores, batch.judge_scores.to(scores.device), temperature)
         # InfoNCE over the global batch: every worker's positives are negatives for all.
         negatives = gather_with_local_grad(candidates[:, 1:]) if hard_negatives else None
         global_loss = info_nce_loss(gather_with_local_grad(queries), gather_with_local_grad(candidates[:, 0]),

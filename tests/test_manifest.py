@@ -1,0 +1,50 @@
+"""Stage bookkeeping: what a rerun skips and what makes it run again."""
+
+import json
+import os
+import time
+
+from unime_ray.mining.manifest import Manifest, fingerprint, path_signature
+
+
+def test_done_stages_are_skipped_and_changed_ones_rerun(tmp_path):
+    calls = []
+
+    def build(out):
+        calls.append(out.name)
+        (out / "x.txt").write_text("result")
+        return {"n": len(calls)}
+
+    assert Manifest(tmp_path).run("stage", "fp1", build) == {"n": 1}
+    assert Manifest(tmp_path).run("stage", "fp1", build) == {"n": 1}  # a new process: skipped
+    assert Manifest(tmp_path).run("stage", "fp2", build) == {"n": 2}  # config changed: rerun
+    assert calls == ["stage.partial", "stage.partial"]
+    assert (tmp_path / "stages" / "stage" / "x.txt").read_text() == "result"
+    assert json.loads((tmp_path / "manifest.json").read_text())["stages"]["stage"]["fingerprint"] == "fp2"
+
+
+def test_a_stage_that_died_midway_is_not_recorded(tmp_path):
+    def crash(out):
+        (out / "half.txt").write_text("half")
+        raise RuntimeError("killed")
+
+    try:
+        Manifest(tmp_path).run("stage", "fp", crash)
+    except RuntimeError:
+        pass
+    assert not Manifest(tmp_path).is_done("stage", "fp")
+    assert Manifest(tmp_path).run("stage", "fp", lambda out: {"ok": True}) == {"ok": True}
+
+
+def test_path_signature_follows_file_content_not_just_the_name(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"v1")
+    before = fingerprint(str(model), path_signature(str(model)))
+    time.sleep(0.01)
+    (model / "model.safetensors").write_bytes(b"v2 re-exported")  # same path, new weights
+    assert fingerprint(str(model), path_signature(str(model))) != before
+    assert path_signature("Qwen/Qwen2-VL-2B-Instruct") == ["Qwen/Qwen2-VL-2B-Instruct"]  # hub ids as given
+    assert path_signature(None) == [None]
+    os.utime(model / "model.safetensors", ns=(1, 1))
+    assert path_signature(str(model)) == path_signature(str(model))  # stable when nothing changes
