@@ -22,7 +22,7 @@ install: $(STAMP)
 $(CKPT)/%/config.json: unime_ray/models/tiny.py $(STAMP)
 	$(BIN)/python -m unime_ray.models.tiny $(CKPT)/$* --role $*
 
-checkpoints: $(CKPT)/embedder/config.json $(CKPT)/judge/config.json
+checkpoints: $(CKPT)/embedder/config.json $(CKPT)/judge/config.json $(CKPT)/reranker/config.json
 
 demo: checkpoints
 	bash jobs/demo.sh
@@ -34,6 +34,7 @@ bench: checkpoints
 	$(BIN)/python benchmarks/judge_throughput.py
 	@[ -f out/demo/mined.parquet ] || $(MAKE) demo
 	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/rerank_throughput.py
 
 clean:
 	rm -rf out .cache/checkpoints

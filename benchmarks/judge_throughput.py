@@ -9,18 +9,16 @@ Defaults use the demo checkpoints (``make checkpoints``) and the easy-VQA corpus
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import platform
 import statistics
 import time
-from pathlib import Path
+
+from reporting import REPO, setup_logging, write_result
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 logger = logging.getLogger("benchmarks.judge_throughput")
-REPO = Path(__file__).resolve().parents[1]
 
 
 def judge_pairs(n_pairs: int):
@@ -100,7 +98,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/judge_throughput.json"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
 
     pairs = judge_pairs(args.pairs)
     hf = time_judge("transformers", args.judge, pairs, args.repeats, batch_size=32)
@@ -114,16 +112,8 @@ def main(argv=None) -> dict:
     embedding = [time_embedding(args.embedder, args.rows, n) for n in (1, 2)]
     ray.shutdown()
 
-    result = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "judge": {"transformers": hf, "vllm": vl, "max_abs_score_difference": max_diff},
-        "embedding": embedding,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    logger.info("wrote %s", args.out)
-    print(json.dumps(result, indent=1))
-    return result
+    return write_result({"judge": {"transformers": hf, "vllm": vl, "max_abs_score_difference": max_diff},
+                         "embedding": embedding}, args.out)
 
 
 if __name__ == "__main__":  # vLLM spawns processes

@@ -13,14 +13,14 @@ import argparse
 import json
 import logging
 import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from reporting import DEMO_RECORDS, REPO, mined_records, setup_logging, write_result
+
 logger = logging.getLogger("benchmarks.train_throughput")
-REPO = Path(__file__).resolve().parents[1]
 
 
 def time_workers(mined: Path, model: str, workers: int, steps: int, batch: int) -> dict:
@@ -76,16 +76,14 @@ def time_dedup(mined: Path, model: str, batch: int, repeats: int) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mined", default=str(REPO / "out/demo/mined.parquet"))
+    parser.add_argument("--mined", default=str(DEMO_RECORDS))
     parser.add_argument("--model", default=str(REPO / ".cache/checkpoints/embedder"))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=8, help="queries per worker per step")
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/train_throughput.json"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    mined = Path(args.mined).resolve()
-    if not mined.exists():
-        raise SystemExit(f"{mined} not found: run `make demo` first (it mines the demo records)")
+    setup_logging()
+    mined = mined_records(args.mined)
     dedup = time_dedup(mined, args.model, 2 * args.batch, repeats=5)
 
     import ray
@@ -93,12 +91,7 @@ def main(argv=None) -> dict:
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
     workers = [time_workers(mined, args.model, n, args.steps, args.batch) for n in (1, 2)]
     ray.shutdown()
-    result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-              "workers": workers, "dedup": dedup}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
-    return result
+    return write_result({"workers": workers, "dedup": dedup}, args.out)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make demo`: submit the mining job, then embedder training on its records, to a local
-# Ray cluster with `ray job submit`.
+# `make demo`: submit the mining job, embedder and reranker training on its records, and an
+# evaluation of the base and trained checkpoints on an MMEB-mini, to a local Ray cluster
+# with `ray job submit`.
 # Starts a head if none is running and stops only what it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,11 +30,28 @@ ray job submit --working-dir . -- python jobs/mine.py --config configs/mine.yaml
 ray job submit --working-dir . -- python jobs/train_embedder.py --config configs/train_embedder.yaml \
   --output-dir "$out/train" data.mined="$out/mined.parquet" model="$root/.cache/checkpoints/embedder"
 
+# And the reranker on the same records (pairwise Yes/No + listwise "Ans: (i)").
+ray job submit --working-dir . -- python jobs/train_reranker.py --config configs/train_reranker.yaml \
+  --output-dir "$out/rerank" data.mined="$out/mined.parquet" model="$root/.cache/checkpoints/reranker"
+
+# Finally, MMEB-protocol evaluation on an MMEB-mini of real data: the base embedder, then
+# the trained embedder with the trained reranker on its top 5, then both side by side.
+python -m unime_ray.eval.build_mini "$out/mmeb_mini"
+ray job submit --working-dir . -- python jobs/evaluate.py --config configs/evaluate.yaml \
+  --tasks "$out/mmeb_mini" --model "$root/.cache/checkpoints/embedder" --output-dir "$out/eval/base" label=base
+ray job submit --working-dir . -- python jobs/evaluate.py --config configs/evaluate.yaml \
+  --tasks "$out/mmeb_mini" --model "$out/train/model" --reranker "$out/rerank/model" \
+  --output-dir "$out/eval/trained" label=trained
+python -m unime_ray.eval.report "$out/eval/base/results.json" "$out/eval/trained/results.json" \
+  --output-dir "$out/eval"
+
 echo
 echo "Mined records:  $out/mined.parquet (and mined.json in UniME-V2's layout)"
 echo "Rejected rows:  $out/rejects.parquet"
 echo "Summary:        $out/summary.json"
 echo "Trained model:  $out/train/model (merged LoRA; steps in $out/train/metrics.jsonl)"
+echo "Reranker:       $out/rerank/model (merged LoRA; steps in $out/rerank/metrics.jsonl)"
+echo "Evaluation:     $out/eval/comparison.md and comparison.png (each run's results.json under $out/eval/)"
 if [ "$started" = 1 ]; then
   echo "Dashboard:      $RAY_ADDRESS (while a cluster runs; this demo stops the head it started)"
 else

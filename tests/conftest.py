@@ -29,7 +29,19 @@ def checkpoints(tmp_path_factory) -> dict[str, str]:
     from unime_ray.models.tiny import build_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("checkpoints")
-    return {role: str(build_tiny_checkpoint(root / role, role)) for role in ("embedder", "judge")}
+    return {role: str(build_tiny_checkpoint(root / role, role)) for role in ("embedder", "judge", "reranker")}
+
+
+def lora_gradients(model) -> dict:
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+
+
+def assert_same_gradients(expected: dict, actual: dict) -> None:
+    assert expected.keys() == actual.keys() and len(expected) > 0
+    for name in expected:
+        # float32 sums in a different order: 1e-5 relative to the largest entry.
+        scale = expected[name].abs().max().item() + 1e-12
+        assert (expected[name] - actual[name]).abs().max().item() <= 1e-5 * scale + 1e-9, name
 
 
 def png_bytes(colour=(200, 30, 30), size=(32, 32)) -> bytes:

@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from conftest import assert_same_gradients, lora_gradients
 
 from unime_ray.models.embedder import Embedder
 from unime_ray.models.loading import load_model, load_processor
@@ -45,22 +46,10 @@ def embedder_factory(checkpoints):
     return fresh
 
 
-def _grads(model):
-    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
-
-
-def _assert_same_gradients(expected, actual):
-    assert expected.keys() == actual.keys() and len(expected) > 0
-    for name in expected:
-        # float32 sums in a different order: 1e-5 relative to the largest entry.
-        scale = expected[name].abs().max().item() + 1e-12
-        assert (expected[name] - actual[name]).abs().max().item() <= 1e-5 * scale + 1e-9, name
-
-
 def _run(embedder, loss, chunk, dedup, hard=False):
     batch = build_batch(_records(), None, num_negatives=3, dedup=dedup)
     value = embedder_step(embedder.encode, batch, make_loss_fn(batch, loss, 0.05, hard), chunk)
-    return value.item(), _grads(embedder.model), len(batch.candidates)
+    return value.item(), lora_gradients(embedder.model), len(batch.candidates)
 
 
 @pytest.mark.parametrize("loss,hard", [("soft_label", False), ("info_nce", False), ("info_nce", True)])
@@ -69,7 +58,7 @@ def test_gradcache_equals_the_plain_path(embedder_factory, loss, hard):
     cached_loss, cached_grads, _ = _run(embedder_factory(), loss, 3, True, hard)
     assert cached_loss == pytest.approx(plain_loss, rel=1e-5)
     assert any(g.abs().sum() > 0 for g in plain_grads.values())  # non-trivial
-    _assert_same_gradients(plain_grads, cached_grads)
+    assert_same_gradients(plain_grads, cached_grads)
 
 
 def test_dedup_encodes_fewer_candidates_with_the_same_loss_and_gradients(embedder_factory):
@@ -77,7 +66,7 @@ def test_dedup_encodes_fewer_candidates_with_the_same_loss_and_gradients(embedde
     dedup_loss, dedup_grads, dedup_n = _run(embedder_factory(), "soft_label", None, True)
     assert (dup_n, dedup_n) == (16, 6)  # 4 x (1 + 3) slots, 6 distinct targets
     assert dedup_loss == pytest.approx(dup_loss, rel=1e-5)
-    _assert_same_gradients(dup_grads, dedup_grads)
+    assert_same_gradients(dup_grads, dedup_grads)
 
 
 def test_rng_replay_gives_identical_dropout(embedder_factory):
@@ -99,7 +88,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(embedder_factory):
     assert checkpointed.model.get_base_model().model.language_model.gradient_checkpointing
     ckpt_loss, ckpt_grads, _ = _run(checkpointed, "soft_label", None, True)
     assert ckpt_loss == pytest.approx(plain_loss, rel=1e-5)
-    _assert_same_gradients(plain_grads, ckpt_grads)
+    assert_same_gradients(plain_grads, ckpt_grads)
 
 
 def test_bad_records_are_skipped_with_their_reason(tmp_path):

@@ -52,17 +52,23 @@ def load_config(model: type[T], path: str | Path | None = None, overrides: Seque
     return model.model_validate(data)
 
 
-def parse_job_args(model: type[T], argv: Sequence[str] | None = None, description: str = "") -> T:
-    """The shared command line of our jobs: ``--config``, ``--output-dir``, overrides."""
+def parse_job_args(model: type[T], argv: Sequence[str] | None = None, description: str = "",
+                   shortcuts: dict[str, str] | None = None) -> T:
+    """The shared command line of our jobs: ``--config``, ``--output-dir``, overrides.
+
+    ``shortcuts`` adds flags that stand for one override each, e.g.
+    ``{"--model": "embed.model"}``; they apply after the positional overrides.
+    """
+    flags = {"--output-dir": "output_dir", **(shortcuts or {})}
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", help="YAML file with the job's config")
-    parser.add_argument("--output-dir", help="shorthand for the override output_dir=...")
+    for flag, key in flags.items():
+        parser.add_argument(flag, dest=key, help=f"shorthand for the override {key}=...")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. retrieval.top_k=20")
-    args = parser.parse_args(argv)
-    overrides = list(args.overrides)
-    if args.output_dir:
-        overrides.append(f"output_dir={args.output_dir}")
-    return load_config(model, args.config, overrides)
+    args = vars(parser.parse_args(argv))
+    overrides = list(args["overrides"])
+    overrides += [f"{key}={args[key]}" for key in flags.values() if args[key] is not None]
+    return load_config(model, args["config"], overrides)
 
 
 def dump_config(config: BaseModel) -> str:

@@ -16,6 +16,7 @@ COUNTERS = {
     "false_negatives_dropped": "Candidates dropped as false negatives by the selection rule",
     "negatives_kept": "Hard negatives written to mined records",
     "fallbacks_used": "Queries whose candidates were all dropped (random fallback)",
+    "rerank_fallbacks": "Listwise reranker answers that named no candidate (embedder order kept)",
 }
 HISTOGRAMS = {
     "judge_batch_seconds": ("Seconds per judge batch", [0.1, 0.5, 1, 2, 5, 10, 30, 60, 120]),

@@ -28,7 +28,7 @@ T2I_INSTRUCTION = "Find me an everyday image that matches the given caption:"
 IMAGE_TARGET_INSTRUCTION = "Represent the given image."
 
 
-def _labels(questions, answers, image_ids) -> dict[int, tuple[str, str]]:
+def image_labels(questions, answers, image_ids) -> dict[int, tuple[str, str]]:
     """(colour, shape) of each image, read off its own "what ..." questions."""
     colour, shape = {}, {}
     for question, answer, image_id in zip(questions, answers, image_ids):
@@ -37,6 +37,10 @@ def _labels(questions, answers, image_ids) -> dict[int, tuple[str, str]]:
         elif question.startswith("what") and answer in SHAPES:
             shape[image_id] = answer
     return {i: (colour[i], shape[i]) for i in colour.keys() & shape.keys()}
+
+
+def caption(colour: str, shape: str) -> str:
+    return f"a {colour} {shape}"
 
 
 def build_easyvqa_corpus(num_images: int = 40, seed: int = 0, split: str = "train") -> Corpus:
@@ -51,7 +55,7 @@ def build_easyvqa_corpus(num_images: int = 40, seed: int = 0, split: str = "trai
         paths = easy_vqa.get_test_image_paths()
     else:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    labels = _labels(questions, answers, image_ids)
+    labels = image_labels(questions, answers, image_ids)
     rng = random.Random(seed)
     chosen = sorted(rng.sample(sorted(labels), min(num_images, len(labels))))
     by_image = defaultdict(list)
@@ -68,10 +72,9 @@ def build_easyvqa_corpus(num_images: int = 40, seed: int = 0, split: str = "trai
 
     for image_id in chosen:
         rel = os.path.relpath(paths[image_id], image_root)
-        colour, shape = labels[image_id]
-        caption = f"a {colour} {shape}"
+        cap = caption(*labels[image_id])
         image_tid = target(f"img:{image_id}", dataset="easyvqa_t2i", instruction=IMAGE_TARGET_INSTRUCTION, image_path=rel)
-        caption_tid = target(f"cap:{caption}", dataset="easyvqa_i2t", text=caption)
+        caption_tid = target(f"cap:{cap}", dataset="easyvqa_i2t", text=cap)
         question, answer = rng.choice(by_image[image_id])
         answer_tid = target(f"ans:{answer}", dataset="easyvqa_vqa", text=answer)
         queries += [
@@ -80,7 +83,7 @@ def build_easyvqa_corpus(num_images: int = 40, seed: int = 0, split: str = "trai
             {"id": f"i2t:{image_id}", "dataset": "easyvqa_i2t", "instruction": I2T_INSTRUCTION,
              "image_path": rel, "positive_id": caption_tid},
             {"id": f"t2i:{image_id}", "dataset": "easyvqa_t2i", "instruction": T2I_INSTRUCTION,
-             "text": caption, "positive_id": image_tid},
+             "text": cap, "positive_id": image_tid},
         ]
     return Corpus(
         pa.Table.from_pylist(queries, schema=QUERY_SCHEMA),

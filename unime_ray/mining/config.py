@@ -68,6 +68,12 @@ class JudgeConfig(ActorConfig):
         default_factory=lambda: {"enforce_eager": True, "block_size": 32},
         description="extra vllm.LLM arguments, e.g. tensor_parallel_size, gpu_memory_utilization")
 
+    def engine_arguments(self) -> dict[str, Any]:
+        """Keyword arguments of ``build_judge``; each backend takes the ones it uses."""
+        return {"model": self.model, "device": self.device, "dtype": self.dtype, "max_model_len": self.max_model_len,
+                "kv_cache_gib": self.kv_cache_gib, "engine_kwargs": self.engine_kwargs,
+                "batch_size": self.forward_batch_size}
+
 
 class SelectConfig(StrictModel):
     rule: Literal["beta", "relative_margin"] = Field("beta", description="false-negative rule")

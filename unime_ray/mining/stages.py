@@ -120,6 +120,18 @@ class EmbedUDF:
         })
 
 
+def embed_dataset(table: pa.Table, embed, image_root: str | None, max_pixels: int):
+    """``table``'s item rows embedded by an actor pool: a lazy dataset of ``EmbedUDF``'s
+    output. ``embed`` is an ``EmbedConfig`` (model, device, dtype, pool resources)."""
+    stage = ActorStage.from_config(embed)
+    return stage.dataset(table.select(list(EmbedUDF.INPUT_COLUMNS))).map_batches(
+        EmbedUDF,
+        fn_constructor_kwargs={"model": embed.model, "device": embed.device, "dtype": embed.dtype,
+                               "image_root": image_root, "max_pixels": max_pixels,
+                               "torch_threads": embed.torch_threads},
+        **stage.map_batches_kwargs())
+
+
 class JudgeUDF:
     """One row per query -> its positive's score and every candidate's score.
 

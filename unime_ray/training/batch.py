@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from unime_ray.data.images import ImageError, load_image
 from unime_ray.models.inputs import Item
+from unime_ray.training.records import RECORD_ERRORS, negative_item, positive_item, query_item, require_negatives
 
 
 @dataclass
@@ -29,18 +29,12 @@ class EmbedBatch:
         return len(self.queries)
 
 
-def _item(instruction: str | None, text: str | None, image_ref: str | None, image_root: str | None) -> Item:
-    return Item(instruction or "", text or "", load_image(None, image_ref or None, image_root))
-
-
 def _record_items(record: dict, image_root: str | None, num_negatives: int):
     """(query item, [(target id, item)] for the positive and negatives); raises on a bad record."""
-    if len(record["neg_ids"]) < num_negatives:
-        raise ValueError(f"{len(record['neg_ids'])} negatives, training asks for {num_negatives}")
-    query = _item(record["query_instruction"], record["query_text"], record["query_image"], image_root)
-    slots = [(record["positive_id"], record["pos_instruction"], record["pos_text"], record["pos_image"])]
-    slots += list(zip(record["neg_ids"], record["neg_instructions"], record["neg_texts"], record["neg_images"]))
-    return query, [(tid, _item(i, t, im, image_root)) for tid, i, t, im in slots[: 1 + num_negatives]]
+    require_negatives(record, num_negatives)
+    slots = [(record["positive_id"], positive_item(record, image_root))]
+    slots += [(record["neg_ids"][i], negative_item(record, i, image_root)) for i in range(num_negatives)]
+    return query_item(record, image_root), slots
 
 
 def build_batch(records: list[dict], image_root: str | None, num_negatives: int = 8, dedup: bool = True) -> EmbedBatch:
@@ -54,7 +48,7 @@ def build_batch(records: list[dict], image_root: str | None, num_negatives: int 
     for record in records:
         try:
             query, slots = _record_items(record, image_root, num_negatives)
-        except (ImageError, ValueError) as error:
+        except RECORD_ERRORS as error:
             skipped.append((record["query_id"], str(error)))
             continue
         queries.append(query)

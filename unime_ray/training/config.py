@@ -1,4 +1,4 @@
-"""Training configs: the sections every trainer shares, and the embedder job's config."""
+"""Training configs: the sections every trainer shares, and each training job's config."""
 
 from __future__ import annotations
 
@@ -36,22 +36,18 @@ class CheckpointSettings(StrictModel):
     max_failures: int = Field(2, ge=0, description="worker-group restarts from the latest checkpoint")
 
 
-class TrainEmbedderConfig(StrictModel):
-    output_dir: str = Field("out/train_embedder", description="Ray Train storage, logs and the exported model")
-    run_name: str = Field("embedder", description="Ray Train run name; a rerun with the same name resumes")
+class TrainJobConfig(StrictModel):
+    """What every trainer's job takes: model, data, optimizer, scaling, checkpoints, export."""
+
+    output_dir: str = Field("out/train", description="Ray Train storage, logs and the exported model")
+    run_name: str = Field("train", description="Ray Train run name; a rerun with the same name resumes")
     model: str = Field(".cache/checkpoints/embedder", description="backbone checkpoint: local dir or hub id")
     device: str = Field("cpu", description="'cpu' or 'cuda' (with scaling.use_gpu)")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights' dtype (bfloat16 on GPUs)")
-    loss: Literal["soft_label", "info_nce"] = Field("soft_label", description="UniME-V2, or VLM2Vec's InfoNCE baseline")
-    temperature: float = Field(0.02, gt=0, description="tau of both losses")
-    num_negatives: int = Field(8, ge=0, description="mined negatives per query (soft_label; info_nce with hard_negatives)")
-    info_nce_hard_negatives: bool = Field(False, description="info_nce: add each query's mined negatives")
-    per_worker_batch_size: int = Field(8, ge=1, description="queries per worker per step")
-    gradcache_chunk_size: int | None = Field(None, ge=1, description="encode in chunks of N items (GradCache); None: one pass")
-    dedup_candidates: bool = Field(True, description="encode a candidate repeated within a batch once")
+    per_worker_batch_size: int = Field(8, ge=1, description="mined records per worker per step")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward (less memory)")
     torch_threads: int | None = Field(1, ge=1, description="intra-op threads per worker")
-    seed: int = Field(0, description="seeds LoRA init (same on all workers) and dropout (per worker)")
+    seed: int = Field(0, description="seeds LoRA init (same on all workers), data order and dropout (per worker)")
     lora: LoraSettings = LoraSettings()
     data: DataSettings = DataSettings()
     optim: OptimSettings = OptimSettings()
@@ -59,8 +55,41 @@ class TrainEmbedderConfig(StrictModel):
     checkpoint: CheckpointSettings = CheckpointSettings()
     export: bool = Field(True, description="merge the final adapter into OUT/model")
 
+
+class TrainEmbedderConfig(TrainJobConfig):
+    output_dir: str = Field("out/train_embedder", description="Ray Train storage, logs and the exported model")
+    run_name: str = Field("embedder", description="Ray Train run name; a rerun with the same name resumes")
+    loss: Literal["soft_label", "info_nce"] = Field("soft_label", description="UniME-V2, or VLM2Vec's InfoNCE baseline")
+    temperature: float = Field(0.02, gt=0, description="tau of both losses")
+    num_negatives: int = Field(8, ge=0, description="mined negatives per query (soft_label; info_nce with hard_negatives)")
+    info_nce_hard_negatives: bool = Field(False, description="info_nce: add each query's mined negatives")
+    gradcache_chunk_size: int | None = Field(None, ge=1, description="encode in chunks of N items (GradCache); None: one pass")
+    dedup_candidates: bool = Field(True, description="encode a candidate repeated within a batch once")
+
     @model_validator(mode="after")
     def _loss_needs(self):
         if self.loss == "soft_label" and self.num_negatives < 1:
             raise ValueError("soft_label needs num_negatives >= 1")
         return self
+
+    @property
+    def negatives_needed(self) -> int:
+        return self.num_negatives if self.loss == "soft_label" or self.info_nce_hard_negatives else 0
+
+
+class TrainRerankerConfig(TrainJobConfig):
+    """METHOD.md section 5: the paper trains Qwen2.5-VL-7B, lr 2e-5, 1 epoch."""
+
+    output_dir: str = Field("out/train_reranker", description="Ray Train storage, logs and the exported model")
+    run_name: str = Field("reranker", description="Ray Train run name; a rerun with the same name resumes")
+    model: str = Field(".cache/checkpoints/reranker", description="base MLLM checkpoint: local dir or hub id")
+    list_size: int = Field(6, ge=2, description="listwise candidates per prompt: the positive and list_size - 1 negatives")
+    list_weight: float = Field(1.0, ge=0, description="w in L_pair + w * L_list")
+    micro_batch_size: int | None = Field(None, ge=1, description="sequences per forward/backward (same gradient); "
+                                                                 "None: one pass per kind")
+    lora: LoraSettings = LoraSettings(r=128, alpha=256, dropout=0.05, dora=False)
+    optim: OptimSettings = OptimSettings(lr=2e-5, warmup_steps=0, max_steps=1000)
+
+    @property
+    def negatives_needed(self) -> int:
+        return self.list_size - 1

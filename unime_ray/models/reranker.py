@@ -1,0 +1,147 @@
+"""The reranker (METHOD.md section 5): one interface, two modes, two engines.
+
+- ``listwise``: one prompt holds the query and the embedder's top ``top_n`` candidates;
+  the model answers "Ans: (i)" and candidate i becomes rank 1, the others keep the
+  embedder's order. An answer that names no listed candidate falls back to the
+  embedder's order and is counted.
+- ``pointwise``: P(Yes) of every (query, candidate) pair with the judge's prompt,
+  then sort by it.
+
+The engine is a judge backend (``vllm`` or ``transformers``), which scores pairs and
+generates short answers from the same rendered prompts. The prompts here are the ones
+the reranker is trained on (``unime_ray.training.reranker_data``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+from unime_ray import metrics
+from unime_ray.failures import call_isolating_failures
+from unime_ray.mining.judge import build_judge
+from unime_ray.models.inputs import Item, user_turn
+
+logger = logging.getLogger(__name__)
+
+Mode = Literal["listwise", "pointwise"]
+
+LISTWISE_PROMPT = (
+    "I will provide you with a query and {n} candidates. Please identify the candidate that best meets the "
+    "requirements of the query, and respond with its number in the form 'Ans: (i)'."
+)
+_ANSWER = re.compile(r"\(\s*(\d+)\s*\)")
+
+
+def listwise_messages(query: Item, candidates: Sequence[Item]) -> list[dict]:
+    """The query, then the candidates numbered (1) to (n), texts and images in place."""
+    content = [{"type": "text", "text": LISTWISE_PROMPT.format(n=len(candidates)) + "\nQuery: "}, *query.content()]
+    for number, candidate in enumerate(candidates, start=1):
+        content += [{"type": "text", "text": f"\nCandidate ({number}): "}, *candidate.content()]
+    return user_turn(content)
+
+
+def listwise_images(query: Item, candidates: Sequence[Item]) -> list:
+    """Images in the order the prompt shows them."""
+    return query.images() + [image for candidate in candidates for image in candidate.images()]
+
+
+def listwise_answer(index: int) -> str:
+    """The training target for the candidate at 0-based ``index``: "Ans: (index + 1)"."""
+    return f"Ans: ({index + 1})"
+
+
+def parse_listwise_answer(text: str | None, num_candidates: int) -> int | None:
+    """0-based index of the candidate an answer names, or None when it names none.
+
+    The first "(i)" counts; an i outside 1..num_candidates, or no "(i)" at all, is
+    malformed.
+    """
+    match = _ANSWER.search(text or "")
+    if match is None:
+        return None
+    number = int(match.group(1))
+    return number - 1 if 1 <= number <= num_candidates else None
+
+
+def promote(choice: int, num_candidates: int) -> list[int]:
+    """Candidate ``choice`` first, the others in their given order."""
+    return [choice] + [i for i in range(num_candidates) if i != choice]
+
+
+def order_by_scores(scores: Sequence[float | None]) -> list[int]:
+    """Indices by descending score, ties in the given order; unscored candidates last."""
+    return sorted(range(len(scores)), key=lambda i: (scores[i] is None, -(scores[i] or 0.0)))
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """A reranked candidate list: ``order`` holds input indices, best first."""
+
+    order: list[int]
+    scores: list[float | None] | None = None  # pointwise: P(Yes) of each reranked candidate, input order
+    answer: str | None = None  # listwise: the model's raw answer
+    fallback: bool = False  # listwise: the answer was unusable, ``order`` is the embedder's
+    error: str | None = None  # why the engine failed for this request (then ``fallback``)
+
+
+Request = tuple[Item, Sequence[Item]]  # (query, candidates in the embedder's order)
+
+
+class Reranker:
+    def __init__(self, engine, mode: Mode = "listwise", top_n: int = 5, max_answer_tokens: int = 8):
+        if mode not in ("listwise", "pointwise"):
+            raise ValueError(f"mode must be 'listwise' or 'pointwise', got {mode!r}")
+        self.engine, self.mode, self.top_n, self.max_answer_tokens = engine, mode, top_n, max_answer_tokens
+        self.fallbacks = 0  # listwise answers that named no candidate, or failed
+
+    @classmethod
+    def from_pretrained(cls, model: str, backend: str = "vllm", mode: Mode = "listwise", top_n: int = 5,
+                        **engine_kwargs) -> "Reranker":
+        """A reranker on a model directory (e.g. a trained reranker's OUT/model)."""
+        engine_kwargs.setdefault("max_images_per_prompt", top_n + 1)  # a listwise prompt: query + top_n
+        return cls(build_judge(backend, model=model, **engine_kwargs), mode, top_n)
+
+    def rerank(self, query: Item, candidates: Sequence[Item]) -> Ranking:
+        return self.rerank_batch([(query, candidates)])[0]
+
+    def rerank_batch(self, requests: Sequence[Request]) -> list[Ranking]:
+        """Rerank each request's first ``top_n`` candidates; the rest keep their places.
+
+        The engine sees all requests at once (one batch for vLLM to schedule).
+        """
+        heads = [list(candidates[: self.top_n]) for _, candidates in requests]
+        rankings = self._listwise(requests, heads) if self.mode == "listwise" else self._pointwise(requests, heads)
+        return [Ranking(ranking.order + list(range(len(head), len(candidates))), ranking.scores, ranking.answer,
+                        ranking.fallback, ranking.error)
+                for ranking, head, (_, candidates) in zip(rankings, heads, requests)]
+
+    def _pointwise(self, requests: Sequence[Request], heads: list[list[Item]]) -> list[Ranking]:
+        pairs = [(query, candidate) for (query, _), head in zip(requests, heads) for candidate in head]
+        results = iter(self.engine.score(pairs))
+        rankings = []
+        for head in heads:
+            judged = [next(results) for _ in head]
+            scores = [result.score for result in judged]
+            errors = [result.error for result in judged if result.error]
+            rankings.append(Ranking(order_by_scores(scores), scores, error="; ".join(errors) or None))
+        return rankings
+
+    def _listwise(self, requests: Sequence[Request], heads: list[list[Item]]) -> list[Ranking]:
+        prompts = [(listwise_messages(query, head), listwise_images(query, head))
+                   for (query, _), head in zip(requests, heads)]
+        answers = call_isolating_failures(lambda batch: self.engine.generate(batch, self.max_answer_tokens), prompts)
+        rankings = []
+        for (answer, error), head in zip(answers, heads):
+            choice = parse_listwise_answer(answer, len(head))
+            if choice is None:
+                self.fallbacks += 1
+                metrics.inc("rerank_fallbacks")
+                logger.warning("listwise answer %r names none of %d candidates%s; keeping the embedder's order",
+                               answer, len(head), f" ({error})" if error else "")
+                rankings.append(Ranking(list(range(len(head))), answer=answer, fallback=True, error=error))
+            else:
+                rankings.append(Ranking(promote(choice, len(head)), answer=answer))
+        return rankings

@@ -1,0 +1,71 @@
+"""Driver side of a training job: config, paths, the record check, fit, export, summary.
+
+``jobs/train_embedder.py`` and ``jobs/train_reranker.py`` are this with their own config
+class and worker loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Callable
+
+from unime_ray.config import dump_config, parse_job_args
+from unime_ray.training.config import TrainJobConfig
+from unime_ray.training.records import RECORD_COLUMNS
+
+logger = logging.getLogger(__name__)
+
+
+def absolute_paths(cfg: TrainJobConfig) -> None:
+    """Workers run in other directories: hand them absolute paths."""
+    mined = Path(cfg.data.mined).resolve()
+    cfg.data.mined = str(mined)
+    if cfg.data.image_root is None:
+        cfg.data.image_root = str(mined.parent)  # mined records' images are relative to their directory
+    cfg.output_dir = str(Path(cfg.output_dir).resolve())
+    if Path(cfg.model).exists():
+        cfg.model = str(Path(cfg.model).resolve())
+
+
+def check_negatives(mined: str, needed: int) -> None:
+    """Fail before any worker starts if the records have fewer negatives than training uses."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    negatives = pq.read_table(mined, columns=["neg_ids"]).column("neg_ids")
+    fewest = (pc.min(pc.list_value_length(negatives)).as_py() if len(negatives) else 0) or 0
+    if needed > fewest:
+        raise SystemExit(f"{mined} has records with {fewest} negatives; this training needs {needed} "
+                         "(mine with a larger select.k)")
+
+
+def run_training_job(config_class: type[TrainJobConfig], loop: Callable[[dict], None], argv=None,
+                     description: str = "") -> dict:
+    """Parse the config, train on Ray Train, export the merged model; returns the summary
+    also written to OUT/train_summary.json."""
+    import ray
+    import ray.data
+
+    from unime_ray.training.lora import export_merged
+    from unime_ray.training.runner import build_trainer, latest_checkpoint_dir
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = parse_job_args(config_class, argv, description=description)
+    logger.info("config:\n%s", dump_config(cfg))
+    if not ray.is_initialized():
+        ray.init()
+    absolute_paths(cfg)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    check_negatives(cfg.data.mined, cfg.negatives_needed)
+    dataset = ray.data.read_parquet(cfg.data.mined, columns=RECORD_COLUMNS)
+    result = build_trainer(loop, cfg, dataset).fit()
+    summary = {"metrics": result.metrics, "checkpoint": str(latest_checkpoint_dir(result))}
+    if cfg.export:
+        adapter = latest_checkpoint_dir(result) / "adapter"
+        summary["model"] = str(export_merged(cfg.model, adapter, out / "model", cfg.dtype))
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    print(json.dumps(summary, indent=1, default=str))
+    return summary

@@ -1,0 +1,107 @@
+"""The step loop every trainer runs inside Ray Train (``train_loop_per_worker``).
+
+A trainer supplies its model, how records become a batch and what one step computes;
+the optimizer, the schedule, gradient averaging, resume, metrics and checkpoints are
+this one loop's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+
+from unime_ray.training.checkpointing import report, restore_latest, warmup_linear
+from unime_ray.training.config import TrainJobConfig
+from unime_ray.training.distributed import average_gradients, average_scalar
+from unime_ray.training.records import next_trainable_batch, record_batches
+
+logger = logging.getLogger(__name__)
+
+
+class Batch(Protocol):
+    size: int  # usable records
+    skipped: list[tuple[str, str]]  # (query id, reason) of the records left out
+
+
+BuildBatch = Callable[[list[dict], int], Batch]  # (records, step) -> batch
+# batch -> {"loss": this worker's loss (gradients already accumulated), other scalars to log}
+TrainStep = Callable[[Batch], dict[str, float]]
+
+
+def setup_worker(cfg: TrainJobConfig) -> int:
+    """Logging and threads for this worker; returns its rank."""
+    import ray.train
+
+    from unime_ray.models.loading import set_torch_threads
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    set_torch_threads(cfg.torch_threads)
+    return ray.train.get_context().get_world_rank()
+
+
+def load_trainable_model(cfg: TrainJobConfig):
+    """(processor, backbone + LoRA in train mode). The seed is shared by all workers so that
+    their adapters start identical (data parallelism keeps them so)."""
+    from unime_ray.models.loading import load_model, load_processor
+    from unime_ray.training.lora import apply_lora
+
+    torch.manual_seed(cfg.seed)
+    model = apply_lora(load_model(cfg.model, cfg.device, cfg.dtype), cfg.lora)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    model.train()
+    return load_processor(cfg.model), model
+
+
+def run_training(cfg: TrainJobConfig, model, build_batch: BuildBatch, train_step: TrainStep) -> None:
+    """Optimise ``model``'s trainable parameters for ``cfg.optim.max_steps`` steps, resuming
+    from Ray Train's latest checkpoint; rank 0 appends each step to OUT/metrics.jsonl."""
+    import ray.train
+
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    torch.manual_seed(cfg.seed + 1000 * rank)  # dropout differs across workers
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    scheduler = warmup_linear(optimizer, cfg.optim.warmup_steps, cfg.optim.max_steps)
+    start = restore_latest(model, optimizer, scheduler)
+    if start:
+        logger.info("rank %d resumes from step %d", rank, start)
+    batches = record_batches(ray.train.get_dataset_shard("train"), cfg.per_worker_batch_size, cfg.seed)
+    for _ in range(start):  # a resumed run continues where the checkpointed one was in the data
+        next(batches)
+    skipped: list = []
+    for step in range(start + 1, cfg.optim.max_steps + 1):
+        began = time.perf_counter()
+        batch = next_trainable_batch(batches, lambda records: build_batch(records, step), skipped)
+        optimizer.zero_grad(set_to_none=True)
+        scalars = train_step(batch)
+        average_gradients(parameters)
+        if cfg.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(parameters, cfg.optim.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        seconds = time.perf_counter() - began
+        metrics = {
+            "step": step,
+            **{name: average_scalar(float(value)) for name, value in scalars.items()},
+            "lr": scheduler.get_last_lr()[0],
+            "samples_per_s": average_scalar(batch.size / seconds) * world_size,
+            "records_skipped": int(average_scalar(len(skipped)) * world_size),
+            "resumed_from_step": start,
+        }
+        if rank == 0:
+            logger.info("step %d loss %.5f lr %.2e %.1f samples/s", step, metrics["loss"], metrics["lr"],
+                        metrics["samples_per_s"])
+            with (Path(cfg.output_dir) / "metrics.jsonl").open("a") as log:  # the run's step history
+                log.write(json.dumps(metrics) + "\n")
+        if step % cfg.checkpoint.every_steps == 0 or step == cfg.optim.max_steps:
+            report(metrics, model, optimizer, scheduler, step)
+        else:
+            report(metrics)
