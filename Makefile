@@ -35,6 +35,7 @@ bench: checkpoints
 	@[ -f out/demo/mined.parquet ] || $(MAKE) demo
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/rerank_throughput.py
+	$(BIN)/python benchmarks/serve_latency.py
 
 clean:
 	rm -rf out .cache/checkpoints

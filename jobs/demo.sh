@@ -17,6 +17,9 @@ if ! ray status --address 127.0.0.1:6379 >/dev/null 2>&1; then
   # Token authentication on, with a token of our own (kept out of git under .cache/).
   export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$root/.cache/ray_auth_token"
   [ -s "$RAY_AUTH_TOKEN_PATH" ] || python -c "import secrets; print(secrets.token_hex(32), end='')" > "$RAY_AUTH_TOKEN_PATH"
+  # The serving app's API key: Serve replicas read it from the environment the head starts in.
+  [ -s .cache/unime_api_key ] || python -c "import secrets; print(secrets.token_urlsafe(24), end='')" > .cache/unime_api_key
+  export UNIME_API_KEY="$(cat .cache/unime_api_key)"
   ray start --head --num-cpus 2 --dashboard-host 127.0.0.1 --disable-usage-stats
   started=1
   trap 'ray stop --force >/dev/null 2>&1 || true' EXIT
@@ -45,6 +48,21 @@ ray job submit --working-dir . -- python jobs/evaluate.py --config configs/evalu
 python -m unime_ray.eval.report "$out/eval/base/results.json" "$out/eval/trained/results.json" \
   --output-dir "$out/eval"
 
+# Serving: index the corpus' targets with the trained embedder, deploy serve/config.yaml
+# (paths made absolute), and query it over HTTP.
+ray job submit --working-dir . -- python jobs/build_index.py --output-dir "$out/index" \
+  embed.model="$out/train/model"
+python -m unime_ray.serving.config serve/config.yaml "$out/serve.yaml" index.path="$out/index" \
+  embedder.model="$out/train/model" reranker.model="$out/rerank/model"
+serve deploy "$out/serve.yaml"
+for _ in $(seq 150); do curl -sf http://127.0.0.1:8000/readyz >/dev/null && break; sleep 2; done
+curl -sf http://127.0.0.1:8000/readyz || { echo "the service did not become ready"; serve status; exit 1; }
+echo
+search='{"text": "a red circle", "instruction": "Find me an everyday image that matches the given caption:", "top_k": 5, "rerank": true}'
+echo "POST /v1/search $search"
+curl -s -H "Authorization: Bearer ${UNIME_API_KEY:-<key>}" -H 'Content-Type: application/json' \
+  -d "$search" http://127.0.0.1:8000/v1/search | python -m json.tool
+
 echo
 echo "Mined records:  $out/mined.parquet (and mined.json in UniME-V2's layout)"
 echo "Rejected rows:  $out/rejects.parquet"
@@ -52,8 +70,12 @@ echo "Summary:        $out/summary.json"
 echo "Trained model:  $out/train/model (merged LoRA; steps in $out/train/metrics.jsonl)"
 echo "Reranker:       $out/rerank/model (merged LoRA; steps in $out/rerank/metrics.jsonl)"
 echo "Evaluation:     $out/eval/comparison.md and comparison.png (each run's results.json under $out/eval/)"
+echo "Search index:   $out/index (served by $out/serve.yaml; API docs at http://127.0.0.1:8000/docs)"
+echo "Call it:        curl -H \"Authorization: Bearer \$(cat .cache/unime_api_key)\" -H 'Content-Type: application/json' \\"
+echo "                  -d '{\"text\": \"a red circle\", \"top_k\": 5, \"rerank\": true}' http://127.0.0.1:8000/v1/search"
 if [ "$started" = 1 ]; then
-  echo "Dashboard:      $RAY_ADDRESS (while a cluster runs; this demo stops the head it started)"
+  echo "Dashboard:      $RAY_ADDRESS (while a cluster runs; this demo stops the head it started,"
+  echo "                and the service with it: start a head yourself to keep them up)"
 else
   echo "Dashboard:      $RAY_ADDRESS"
 fi

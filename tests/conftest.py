@@ -54,7 +54,7 @@ def png_bytes(colour=(200, 30, 30), size=(32, 32)) -> bytes:
 
 # --- A real Ray head and one mining run, shared by the end-to-end tests -------------
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -64,16 +64,18 @@ def _free_port() -> int:
 def ray_head():
     """A Ray head on loopback in its own temp dir; stopped afterwards."""
     temp = tempfile.mkdtemp(prefix="ur", dir="/tmp")  # short: Ray's socket paths have a length limit
-    port, dash = _free_port(), _free_port()
+    port, dash = free_port(), free_port()
     token = Path(temp) / "auth_token"
     token.write_text(secrets.token_hex(32))
     # Token auth on, with this cluster's own token: nothing depends on ~/.ray.
+    # The serving app's API key: Serve replicas read it from the environment `ray start` ran in.
+    api_key = secrets.token_urlsafe(24)
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN_PATH": str(token)}
+           "RAY_AUTH_TOKEN_PATH": str(token), "UNIME_API_KEY": api_key}
     subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={port}", f"--dashboard-port={dash}",
                     "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats"],
                    check=True, env=env, capture_output=True, timeout=120)
-    yield {"address": f"http://127.0.0.1:{dash}", "env": env}
+    yield {"address": f"http://127.0.0.1:{dash}", "env": env, "api_key": api_key}
     subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
     shutil.rmtree(temp, ignore_errors=True)
 

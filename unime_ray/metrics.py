@@ -17,10 +17,16 @@ COUNTERS = {
     "negatives_kept": "Hard negatives written to mined records",
     "fallbacks_used": "Queries whose candidates were all dropped (random fallback)",
     "rerank_fallbacks": "Listwise reranker answers that named no candidate (embedder order kept)",
+    "serve_requests_refused": "HTTP requests answered with a 4xx/5xx by our checks (auth, limits, bad input)",
 }
+_LATENCY = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
 HISTOGRAMS = {
     "judge_batch_seconds": ("Seconds per judge batch", [0.1, 0.5, 1, 2, 5, 10, 30, 60, 120]),
     "embed_batch_seconds": ("Seconds per embedding batch", [0.05, 0.1, 0.5, 1, 2, 5, 10, 30]),
+    **{f"serve_stage_seconds_{stage}": (f"Seconds a request waits for the {stage} stage", _LATENCY)
+       for stage in ("embed", "search", "rerank")},
+    "serve_embed_batch_seconds": ("Seconds per @serve.batch of the Embedder deployment", _LATENCY),
+    "serve_rerank_batch_seconds": ("Seconds per @serve.batch of the Reranker deployment", _LATENCY),
 }
 
 

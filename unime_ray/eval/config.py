@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field
 
 from unime_ray.config import StrictModel
 from unime_ray.data.images import DEFAULT_MAX_PIXELS
-from unime_ray.mining.config import EmbedConfig, JudgeConfig
+from unime_ray.mining.config import ActorConfig, EmbedConfig
+from unime_ray.models.settings import RerankSettings
 
 
 class TasksConfig(StrictModel):
@@ -19,12 +18,8 @@ class TasksConfig(StrictModel):
     max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="larger images are rejected")
 
 
-class RerankConfig(JudgeConfig):
-    """A reranker checkpoint (``jobs/train_reranker.py``'s OUT/model) on the embedder's top n."""
-
-    model: str | None = Field(None, description="reranker checkpoint; None: no reranking")
-    mode: Literal["listwise", "pointwise"] = Field("listwise", description="one prompt per query, or P(Yes) per pair")
-    top_n: int = Field(5, ge=2, description="the embedder's top candidates that get reranked (the paper: 5)")
+class RerankConfig(ActorConfig, RerankSettings):
+    num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per reranker actor")
     batch_size: int = Field(8, ge=1, description="queries per actor batch")
 
 

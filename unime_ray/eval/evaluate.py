@@ -83,14 +83,15 @@ def rerank(config: EvalConfig, rows: pa.Table, image_root: str, out: Path) -> di
     from unime_ray.eval.rerank_stage import RerankUDF
     from unime_ray.mining.stages import ActorStage
 
+    from unime_ray.models.settings import RerankSettings
+
     r = config.rerank
-    engine = {**r.engine_arguments(), "model": r.model}
+    settings = r.model_dump(include=set(RerankSettings.model_fields), mode="json")
     stage = ActorStage.from_config(r)
     stage.dataset(rows).map_batches(
         RerankUDF,
-        fn_constructor_kwargs={"backend": r.backend, "mode": r.mode, "top_n": r.top_n, "image_root": image_root,
-                               "max_pixels": config.tasks.max_image_pixels, "torch_threads": r.torch_threads,
-                               **engine},
+        fn_constructor_kwargs={"settings": settings, "image_root": image_root,
+                               "max_pixels": config.tasks.max_image_pixels, "torch_threads": r.torch_threads},
         **stage.map_batches_kwargs()).write_parquet(str(out / "reranked"))
     return {row["id"]: row for row in pq.read_table(out / "reranked").to_pylist()}
 

@@ -16,13 +16,12 @@ class RerankUDF:
 
     INPUT_COLUMNS = ITEM_COLUMNS + ("candidate_texts", "candidate_image_paths")
 
-    def __init__(self, model: str, backend: str, mode: str, top_n: int, image_root: str | None, max_pixels: int,
-                 torch_threads: int | None = None, **engine_kwargs):
+    def __init__(self, settings: dict, image_root: str | None, max_pixels: int, torch_threads: int | None = None):
         from unime_ray.models.loading import set_torch_threads
-        from unime_ray.models.reranker import Reranker
+        from unime_ray.models.settings import RerankSettings
 
         set_torch_threads(torch_threads)
-        self.reranker = Reranker.from_pretrained(model, backend=backend, mode=mode, top_n=top_n, **engine_kwargs)
+        self.reranker = RerankSettings.model_validate(settings).build()
         self.image_root, self.max_pixels = image_root, max_pixels
 
     def _request(self, row: dict) -> tuple[Item, list[Item]]:

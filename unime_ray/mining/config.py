@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from unime_ray.config import StrictModel
 from unime_ray.data.images import DEFAULT_MAX_PIXELS
+from unime_ray.models.settings import EngineSettings
 
 
 class CorpusConfig(StrictModel):
@@ -54,25 +55,10 @@ class RetrievalConfig(StrictModel):
     use_gpu: bool = Field(False, description="move the index to all GPUs (needs faiss-gpu)")
 
 
-class JudgeConfig(ActorConfig):
-    backend: Literal["vllm", "transformers"] = Field("vllm", description="judge engine: vLLM or one transformers forward pass")
+class JudgeConfig(ActorConfig, EngineSettings):
     model: str = Field(".cache/checkpoints/judge", description="judge MLLM checkpoint: local dir or hub id")
-    device: str = Field("cpu", description="transformers backend: 'cpu' or 'cuda'")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights' dtype (bfloat16 on GPUs)")
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per judge actor")
     batch_size: int = Field(8, ge=1, description="queries per actor batch (each brings 1 + top_k pairs)")
-    forward_batch_size: int = Field(32, ge=1, description="transformers backend: pairs per forward pass")
-    max_model_len: int = Field(2048, ge=64, description="vllm: longest prompt + answer in tokens")
-    kv_cache_gib: int | None = Field(1, ge=1, description="vllm on CPU: KV cache GiB (VLLM_CPU_KVCACHE_SPACE); None on GPUs")
-    engine_kwargs: dict[str, Any] = Field(
-        default_factory=lambda: {"enforce_eager": True, "block_size": 32},
-        description="extra vllm.LLM arguments, e.g. tensor_parallel_size, gpu_memory_utilization")
-
-    def engine_arguments(self) -> dict[str, Any]:
-        """Keyword arguments of ``build_judge``; each backend takes the ones it uses."""
-        return {"model": self.model, "device": self.device, "dtype": self.dtype, "max_model_len": self.max_model_len,
-                "kv_cache_gib": self.kv_cache_gib, "engine_kwargs": self.engine_kwargs,
-                "batch_size": self.forward_batch_size}
 
 
 class SelectConfig(StrictModel):

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from unime_ray import metrics
 from unime_ray.data.corpus import Corpus, rejects_table
 from unime_ray.data.validate import ERROR_COLUMN, check_rows, cross_row_errors
-from unime_ray.mining.config import MineConfig
+from unime_ray.mining.config import CorpusConfig, MineConfig
 from unime_ray.mining.manifest import Manifest, fingerprint, path_signature
 from unime_ray.mining.retrieval import build_index, search_excluding_positive
 from unime_ray.mining.select import seeded_rng, select_hard_negatives
@@ -34,8 +34,7 @@ MINED_IMAGES = "images"  # bytes-only images are written here, under the output 
 CORPUS_IMAGES = "corpus_images"  # a link to the corpus' image root, under the output dir
 
 
-def load_corpus(config: MineConfig) -> Corpus:
-    c = config.corpus
+def load_corpus(c: CorpusConfig) -> Corpus:
     if c.source == "easyvqa":
         from unime_ray.data.easyvqa import build_easyvqa_corpus
 
@@ -76,7 +75,7 @@ def _split(table: pa.Table, errors: list, name: str) -> tuple[pa.Table, list[dic
 
 
 def stage_corpus(config: MineConfig, out: Path) -> dict:
-    corpus = load_corpus(config)
+    corpus = load_corpus(config.corpus)
     max_pixels = config.corpus.max_image_pixels
     queries = _checked(corpus.queries, corpus.image_root, max_pixels)
     targets = _checked(corpus.targets, corpus.image_root, max_pixels)

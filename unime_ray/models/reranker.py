@@ -139,7 +139,7 @@ class Reranker:
             if choice is None:
                 self.fallbacks += 1
                 metrics.inc("rerank_fallbacks")
-                logger.warning("listwise answer %r names none of %d candidates%s; keeping the embedder's order",
+                logger.debug("listwise answer %r names none of %d candidates%s; keeping the embedder's order",
                                answer, len(head), f" ({error})" if error else "")
                 rankings.append(Ranking(list(range(len(head))), answer=answer, fallback=True, error=error))
             else:

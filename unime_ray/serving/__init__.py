@@ -1,0 +1,1 @@
+"""Ray Serve: the two-stage retrieval service (embed -> FAISS search -> MLLM rerank)."""
