@@ -30,6 +30,12 @@ HISTOGRAMS = {
 }
 
 
+GAUGES = {
+    "mining_stage_seconds": ("Seconds the last run of a mining stage took", ("stage",)),
+    "train_samples_per_second": ("Training throughput across workers, by training run", ("run",)),
+}
+
+
 def _ray_ready() -> bool:
     import ray
 
@@ -51,6 +57,14 @@ def _histogram(name: str):
     return Histogram(f"unime_{name}", description=description, boundaries=boundaries)
 
 
+@lru_cache(maxsize=None)
+def _gauge(name: str):
+    from ray.util.metrics import Gauge
+
+    description, tag_keys = GAUGES[name]
+    return Gauge(f"unime_{name}", description=description, tag_keys=tag_keys)
+
+
 def inc(name: str, value: float = 1.0) -> None:
     if name not in COUNTERS:
         raise KeyError(f"unknown counter {name!r}")
@@ -63,3 +77,10 @@ def observe(name: str, value: float) -> None:
         raise KeyError(f"unknown histogram {name!r}")
     if _ray_ready():
         _histogram(name).observe(value)
+
+
+def set_gauge(name: str, value: float, tags: dict[str, str]) -> None:
+    if name not in GAUGES:
+        raise KeyError(f"unknown gauge {name!r}")
+    if _ray_ready():
+        _gauge(name).set(value, tags=tags)

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from unime_ray import metrics
+
 logger = logging.getLogger(__name__)
 
 
@@ -71,6 +73,7 @@ class Manifest:
         os.replace(tmp, final)
         self.stages[name] = {"fingerprint": print_, "seconds": round(time.perf_counter() - start, 3), "info": info}
         self._save()
+        metrics.set_gauge("mining_stage_seconds", self.stages[name]["seconds"], {"stage": name})
         logger.info("stage %s: done in %.1f s", name, self.stages[name]["seconds"])
         return info
 

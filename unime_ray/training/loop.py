@@ -15,6 +15,7 @@ from typing import Callable, Protocol
 
 import torch
 
+from unime_ray.metrics import set_gauge
 from unime_ray.training.checkpointing import report, restore_latest, warmup_linear
 from unime_ray.training.config import TrainJobConfig
 from unime_ray.training.distributed import average_gradients, average_scalar
@@ -99,6 +100,7 @@ def run_training(cfg: TrainJobConfig, model, build_batch: BuildBatch, train_step
         if rank == 0:
             logger.info("step %d loss %.5f lr %.2e %.1f samples/s", step, metrics["loss"], metrics["lr"],
                         metrics["samples_per_s"])
+            set_gauge("train_samples_per_second", metrics["samples_per_s"], {"run": cfg.run_name})
             with (Path(cfg.output_dir) / "metrics.jsonl").open("a") as log:  # the run's step history
                 log.write(json.dumps(metrics) + "\n")
         if step % cfg.checkpoint.every_steps == 0 or step == cfg.optim.max_steps:
