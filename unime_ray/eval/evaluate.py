@@ -27,6 +27,7 @@ from unime_ray.eval.config import EvalConfig
 from unime_ray.eval.metrics import aggregate, gold_ranks, ranks_from_orders, task_metrics
 from unime_ray.eval.report import columns, write_report
 from unime_ray.eval.tasks import EvalSet, EvalTask, read_tasks
+from unime_ray.mining.stages import ITEM_COLUMNS, ActorStage, embed_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -69,10 +70,10 @@ def rerank_rows(evalset: EvalSet, ranked: dict[str, tuple[EvalTask, list[int], l
         for position, order in zip(kept, orders):
             query = items[task.query_ids[position]]
             head = [items[task.candidate_ids[position][i]] for i in order[:top_n]]
-            rows.append({**{k: query[k] for k in ("id", "instruction", "text", "image", "image_path")},
+            rows.append({**{k: query[k] for k in ITEM_COLUMNS},
                          "candidate_texts": [c["text"] or "" for c in head],
                          "candidate_image_paths": [c["image_path"] or "" for c in head]})
-    schema = pa.schema([*evalset.items.schema.remove(evalset.items.schema.get_field_index("dataset")),
+    schema = pa.schema([*(evalset.items.schema.field(k) for k in ITEM_COLUMNS),
                         pa.field("candidate_texts", pa.list_(pa.string())),
                         pa.field("candidate_image_paths", pa.list_(pa.string()))])
     return pa.Table.from_pylist(rows, schema=schema)
@@ -81,8 +82,6 @@ def rerank_rows(evalset: EvalSet, ranked: dict[str, tuple[EvalTask, list[int], l
 def rerank(config: EvalConfig, rows: pa.Table, image_root: str, out: Path) -> dict[str, dict]:
     """Query id -> {"order": [...], "fallback": bool, "error": str | None}."""
     from unime_ray.eval.rerank_stage import RerankUDF
-    from unime_ray.mining.stages import ActorStage
-
     from unime_ray.models.settings import RerankSettings
 
     r = config.rerank
@@ -110,8 +109,6 @@ def absolute_paths(config: EvalConfig) -> None:
 def run_evaluation(config: EvalConfig) -> dict:
     """Evaluate and write OUT/results.json, results.md, results.png and rejects.parquet."""
     import ray
-
-    from unime_ray.mining.stages import embed_dataset
 
     absolute_paths(config)
     out = Path(config.output_dir)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from unime_ray.data.images import ImageError, load_image
+from unime_ray.data.images import ImageError
 from unime_ray.mining.stages import ITEM_COLUMNS, require_columns, row_item
-from unime_ray.models.inputs import Item
+from unime_ray.models.inputs import Item, load_item
 
 
 class RerankUDF:
@@ -25,7 +25,7 @@ class RerankUDF:
         self.image_root, self.max_pixels = image_root, max_pixels
 
     def _request(self, row: dict) -> tuple[Item, list[Item]]:
-        candidates = [Item("", text or "", load_image(None, path or None, self.image_root, self.max_pixels))
+        candidates = [load_item("", text, path, self.image_root, self.max_pixels)
                       for text, path in zip(row["candidate_texts"], row["candidate_image_paths"])]
         return row_item(row, self.image_root, self.max_pixels), candidates
 

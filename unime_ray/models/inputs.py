@@ -13,6 +13,8 @@ from typing import Sequence
 
 from PIL import Image
 
+from unime_ray.data.images import DEFAULT_MAX_PIXELS, load_image
+
 
 @dataclass
 class Item:
@@ -31,6 +33,13 @@ class Item:
 
     def images(self) -> list[Image.Image]:
         return [self.image] if self.image is not None else []
+
+
+def load_item(instruction: str | None, text: str | None, image_ref: str | None, image_root: str | None,
+              max_pixels: int = DEFAULT_MAX_PIXELS) -> Item:
+    """An item whose image is a path under ``image_root`` ("" or None: no image); raises
+    ``ImageError`` on an unreadable image."""
+    return Item(instruction or "", text or "", load_image(None, image_ref or None, image_root, max_pixels))
 
 
 def join_text(instruction: str | None, text: str | None) -> str:

@@ -24,7 +24,7 @@ from ray import serve
 
 from unime_ray import metrics
 from unime_ray.data.images import ImageError, load_image
-from unime_ray.models.inputs import Item
+from unime_ray.models.inputs import Item, load_item
 from unime_ray.serving.config import ServeAppConfig
 from unime_ray.serving.deployments import AUTOSCALING, Embedder, Index, Reranker
 from unime_ray.serving.schemas import (EmbedRequest, EmbedResponse, Hit, ItemIn, RerankRequest, RerankResponse,
@@ -184,7 +184,7 @@ class Ingress:
         order, reranked_order, scores, fallback = list(range(len(hits))), None, None, False
         if request.rerank:
             head = min(self.config.reranker.top_n, len(hits))
-            candidates = [Item(h["instruction"], h["text"], load_image(None, h["image"] or None, self.config.index.path))
+            candidates = [load_item(h["instruction"], h["text"], h["image"], self.config.index.path)
                           for h in hits[:head]]
             ranking = await self._call(self.reranker.rerank.remote((query, candidates)), "rerank")
             reranked_order, scores, fallback = ranking.order, ranking.scores, ranking.fallback

@@ -77,9 +77,6 @@ class Reranker:
 
         self.reranker = RerankSettings.model_validate(settings).build()
 
-    def info(self) -> dict:
-        return {"mode": self.reranker.mode, "top_n": self.reranker.top_n}
-
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def rerank(self, requests: list[tuple[Item, list[Item]]]):
         started = time.perf_counter()

@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 from typing import Callable, Iterator
 
-from unime_ray.data.images import ImageError, load_image
-from unime_ray.models.inputs import Item
+from unime_ray.data.images import ImageError
+from unime_ray.models.inputs import Item, load_item
 
 logger = logging.getLogger(__name__)
 
@@ -19,10 +19,6 @@ RECORD_COLUMNS = ["query_id", "query_instruction", "query_text", "query_image", 
 
 # What makes one record unusable without stopping training; anything else is a bug.
 RECORD_ERRORS = (ImageError, ValueError)
-
-
-def load_item(instruction: str | None, text: str | None, image_ref: str | None, image_root: str | None) -> Item:
-    return Item(instruction or "", text or "", load_image(None, image_ref or None, image_root))
 
 
 def query_item(record: dict, image_root: str | None) -> Item:

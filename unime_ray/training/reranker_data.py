@@ -86,15 +86,15 @@ def build_reranker_batch(records: list[dict], image_root: str | None, list_size:
     return batch
 
 
-def answer_suffix(processor, messages: list[dict], answer: str) -> str:
-    """The text the chat template appends to the generation prompt for this reply
-    (e.g. "Yes<|im_end|>"), trailing whitespace dropped."""
+def prompt_and_reply(processor, messages: list[dict], answer: str) -> tuple[str, str]:
+    """(the generation prompt, the text the chat template appends to it for this reply,
+    e.g. "Yes<|im_end|>", trailing whitespace dropped)."""
     prompt = render(processor, messages, add_generation_prompt=True)
     reply = [{"role": "assistant", "content": [{"type": "text", "text": answer}]}]
     full = render(processor, messages + reply, add_generation_prompt=False)
     if not full.startswith(prompt):
         raise ValueError("the chat template renders a reply that does not extend its generation prompt")
-    return full[len(prompt):].rstrip()
+    return prompt, full[len(prompt):].rstrip()
 
 
 def answer_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, answer_lengths: Sequence[int]) -> torch.Tensor:
@@ -114,8 +114,9 @@ def encode_sequences(processor, sequences: Sequence[TrainingSequence], device: s
     them; a check makes sure the labelled tokens are exactly the reply's own tokens.
     """
     tokenizer = processor.tokenizer
-    suffixes = [answer_suffix(processor, s.messages, s.answer) for s in sequences]
-    texts = [render(processor, s.messages, add_generation_prompt=True) + suffix for s, suffix in zip(sequences, suffixes)]
+    rendered = [prompt_and_reply(processor, s.messages, s.answer) for s in sequences]
+    texts = [prompt + reply for prompt, reply in rendered]
+    suffixes = [reply for _, reply in rendered]
     batch = encode(processor, texts, [s.images for s in sequences], device)
     answer_ids = [tokenizer(suffix, add_special_tokens=False)["input_ids"] for suffix in suffixes]
     labels = answer_labels(batch["input_ids"], batch["attention_mask"], [len(ids) for ids in answer_ids])
