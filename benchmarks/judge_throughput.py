@@ -24,7 +24,7 @@ logger = logging.getLogger("benchmarks.judge_throughput")
 def judge_pairs(n_pairs: int):
     """Pairs grouped by query (as the mining job sends them): queries x 25 targets."""
     from unime_ray.data.easyvqa import build_easyvqa_corpus
-    from unime_ray.mining.stages import row_item
+    from unime_ray.dataplane.stages import row_item
 
     corpus = build_easyvqa_corpus(num_images=max(10, n_pairs // 25), seed=0)
     queries = [row_item(r, corpus.image_root, 1 << 24) for r in corpus.queries.to_pylist()]
@@ -34,7 +34,7 @@ def judge_pairs(n_pairs: int):
 
 
 def time_judge(backend: str, model: str, pairs, repeats: int, **kwargs) -> dict:
-    from unime_ray.mining.judge import build_judge
+    from unime_ray.models.engines.scoring import build_judge
 
     start = time.perf_counter()
     judge = build_judge(backend, model=model, **kwargs)
@@ -60,7 +60,7 @@ def time_embedding(model: str, rows: int, actors: int) -> dict:
     import pyarrow as pa
 
     from unime_ray.data.easyvqa import build_easyvqa_corpus
-    from unime_ray.mining.stages import ActorStage, EmbedUDF
+    from unime_ray.dataplane.stages import ActorStage, EmbedUDF
 
     corpus = build_easyvqa_corpus(num_images=100, seed=0)  # images and texts, as in mining
     table = corpus.queries.select(list(EmbedUDF.INPUT_COLUMNS))

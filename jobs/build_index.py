@@ -16,11 +16,15 @@ from unime_ray.serving.config import BuildIndexConfig
 
 
 def main(argv=None) -> dict:
+    import ray
+
     from unime_ray.serving.index import build_index_dir
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = parse_job_args(BuildIndexConfig, argv, "Build the serving app's FAISS index from a target corpus")
     logging.getLogger("unime_ray.jobs.build_index").info("config:\n%s", dump_config(cfg))
+    if not ray.is_initialized():
+        ray.init()
     meta = build_index_dir(cfg)
     print(json.dumps(meta, indent=1))
     return meta

@@ -23,6 +23,9 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = parse_job_args(MineConfig, argv, description="UniME-V2 hard-negative mining on Ray")
     logger.info("config:\n%s", dump_config(config))
+    import ray
+
+    ray.init(address=config.ray_address)  # the entry point connects; the pipeline only uses the cluster
     summary = run_mining(config)
     print(json.dumps(summary, indent=1))
     return summary

@@ -3,6 +3,7 @@
 import json
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from conftest import SHARED_RECORDS, png_bytes
 
@@ -10,8 +11,9 @@ from unime_ray.config import load_config
 from unime_ray.data.corpus import QUERY_SCHEMA, TARGET_SCHEMA, Corpus
 from unime_ray.data.easyvqa import build_easyvqa_corpus
 from unime_ray.data.images import ImageError, load_image, resolve_path
-from unime_ray.data.unime_json import read_unime_json, strip_placeholder, write_unime_json
-from unime_ray.data.validate import check_rows, cross_row_errors
+from unime_ray.data.unime_json import read_unime_json, strip_placeholder, unime_record
+from unime_ray.data.sources import read_numbered
+from unime_ray.data.validate import check_positives, check_rows, mark_duplicates, positive_status
 from unime_ray.mining.config import MineConfig
 
 
@@ -37,21 +39,47 @@ def _tables(tmp_path):
     return queries, targets
 
 
-def test_every_bad_row_gets_its_own_reason_and_good_rows_pass(tmp_path):
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_every_bad_row_gets_its_own_reason_and_good_rows_pass(tmp_path, local_ray):
+    """The per-row checks, then the cross-row ones as Ray Data runs them (a group-by and a join)."""
+    import ray.data
+
     queries, targets = _tables(tmp_path)
-    q_errors, t_errors = cross_row_errors(check_rows(queries, str(tmp_path)), check_rows(targets, str(tmp_path)))
-    t = dict(zip(targets.column("id").to_pylist(), t_errors))
+    checked = lambda table: ray.data.from_arrow(check_rows(table, str(tmp_path)))  # noqa: E731
+    marked = mark_duplicates(checked(targets), "target").materialize()
+    t_rows = marked.take_all()
+    t = {r["id"]: r["error"] for r in t_rows}
     assert t["t_ok"] is None and t["t_img"] is None
     assert "cannot be decoded" in t["t_corrupt"]
     assert "not found" in t["t_missing"]
     assert "escapes the image root" in t["t_escape"]
-    assert t_errors[-2:] == ["duplicate target id 't_dup'"] * 2
-    q = dict(zip(queries.column("id").to_pylist(), q_errors))
+    assert [r["error"] for r in t_rows if r["id"] == "t_dup"] == ["duplicate target id 't_dup'"] * 2
+    assert sum(r["first_of_id"] for r in t_rows) == len(t) == 6  # the join's side has one row per id
+    q_rows = check_positives(mark_duplicates(checked(queries), "query"), positive_status(marked), 2).take_all()
+    q = {r["id"]: r["error"] for r in q_rows}
+    assert len(q_rows) == queries.num_rows  # the left join kept every query once
     assert q["q_ok"] is None and q["q_img"] is None
     assert q["q_empty"] == "empty item: no text and no image"
     assert q["q_unknown"] == "unknown positive id 't_nope'"
     assert q["q_rejected_pos"] == "positive target 't_corrupt' was rejected"
     assert q["q_no_pos"] == "no positive_id"
+
+
+def test_corpus_rows_are_numbered_across_files_and_row_groups(tmp_path, local_ray):
+    queries, _ = _tables(tmp_path)
+    (tmp_path / "q").mkdir()
+    pq.write_table(queries.slice(0, 4), tmp_path / "q" / "a.parquet", row_group_size=3)
+    pq.write_table(queries.slice(4), tmp_path / "q" / "b.parquet")
+    rows = read_numbered(str(tmp_path / "q"), QUERY_SCHEMA, "queries").take_all()
+    assert [(r["row"], r["id"]) for r in rows] == list(enumerate(queries.column("id").to_pylist()))
 
 
 def test_image_limits_and_paths(tmp_path):
@@ -111,15 +139,13 @@ def test_unime_json_reader_on_the_published_records(tmp_path):
     assert all("not found" in e for e in errors if e)
 
 
-def test_unime_json_writer_layout(tmp_path):
-    mined = pa.Table.from_pylist([{
+def test_unime_json_record_layout():
+    record = unime_record({
         "query_instruction": "Represent the given image with the following question:", "query_text": "what?",
         "query_image": "images/a.png", "pos_instruction": "", "pos_text": "circle", "pos_image": "",
         "query_pos_score": 0.7, "neg_instructions": ["", ""], "neg_texts": ["red", "blue"],
         "neg_images": ["", "images/b.png"], "neg_scores": [0.2, 0.1],
-    }])
-    write_unime_json(mined, tmp_path / "m.json")
-    record = json.loads((tmp_path / "m.json").read_text())[0]
+    })
     assert set(record) == {"query_text", "query_image", "pos_text", "pos_image", "query_pos_scores",
                            "hard_negatives", "hard_negatives_scores"}
     assert record["query_text"] == "<|image_1|>\nRepresent the given image with the following question: what?\n"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unime_ray.mining.judge import JUDGE_PROMPT, JudgeResult, judge_messages, score_isolating_failures, yes_probability
+from unime_ray.models.engines.scoring import JUDGE_PROMPT, JudgeResult, judge_messages, score_isolating_failures, yes_probability
 from unime_ray.models.inputs import Item, join_text
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from unime_ray.data.easyvqa import build_easyvqa_corpus
 from unime_ray.data.images import load_image
-from unime_ray.mining.judge import build_judge
+from unime_ray.models.engines.scoring import build_judge
 from unime_ray.models.inputs import Item
 
 pytestmark = pytest.mark.vllm

@@ -1,9 +1,23 @@
-"""Global retrieval with real FAISS indexes."""
+"""Global retrieval with real FAISS inside real Ray actors: index kinds, sharding, exact merge."""
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from unime_ray.mining.retrieval import build_index, drop_positive, search_excluding_positive
+from unime_ray.dataplane.tensors import tensor_column
+from unime_ray.retrieval.config import RetrievalConfig
+from unime_ray.retrieval.index import PAD_KEY, merge_topk
+from unime_ray.retrieval.shards import IndexShard, search_batch, shard_files, start_shards
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
 
 
 def _normalised(rng, n, d):
@@ -11,45 +25,114 @@ def _normalised(rng, n, d):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def test_drop_positive_removes_it_and_padding():
-    ids, sims = drop_positive(np.array([4, 2, 7, -1]), np.array([0.9, 0.8, 0.7, 0.0]), positive=2, top_k=5)
-    assert ids == [4, 7] and sims == pytest.approx([0.9, 0.7])
+def _write_targets(directory, matrix: np.ndarray, files: int, failed: set[int] = frozenset()) -> list[str]:
+    """Targets t0..t{n-1} as ``files`` embedding files (the embed stage's layout)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ids = [f"t{i}" for i in range(len(matrix))]
+    valid = np.array([i not in failed for i in range(len(matrix))])
+    table = pa.table({"id": ids, "embedding": tensor_column(matrix, valid=valid),
+                      "error": pa.array([("embedding failed: x" if i in failed else None) for i in range(len(ids))],
+                                        pa.string())})
+    bounds = np.linspace(0, len(ids), files + 1).astype(int)
+    for number, (start, stop) in enumerate(zip(bounds, bounds[1:])):
+        pq.write_table(table.slice(start, stop - start), directory / f"part-{number:03d}.parquet")
+    return ids
 
 
-def test_flat_search_matches_brute_force_and_excludes_positives():
+def _search(directory, queries, positives, num_shards, top_k, **config):
+    import ray
+
+    cfg = RetrievalConfig(num_shards=num_shards, top_k=top_k, **config)
+    shards = start_shards(cfg)
+    ray.get([shard.build.remote(files) for shard, files in zip(shards, shard_files(directory, num_shards))])
+    batch = pa.table({"id": [f"q{i}" for i in range(len(queries))], "positive_id": positives,
+                      "embedding": tensor_column(queries)})
+    out = search_batch(batch, shards, top_k)
+    for shard in shards:
+        ray.kill(shard)
+    return out["candidate_ids"].to_pylist(), out["candidate_sims"].to_pylist()
+
+
+def brute_force(targets, queries, positives, top_k, unindexed=()):
+    """Score descending, then target number ascending; the positive and ``unindexed`` left out."""
+    results = []
+    for q, positive in enumerate(positives):
+        scores = targets @ queries[q]
+        order = [i for i in np.lexsort((np.arange(len(targets)), -scores))
+                 if f"t{i}" != positive and i not in unindexed][:top_k]
+        results.append(([f"t{i}" for i in order], scores[order].tolist()))
+    return results
+
+
+def test_merge_orders_by_score_then_key_and_drops_padding_and_positives():
+    scores = [np.array([[0.9, 0.5]], np.float32), np.array([[0.9, 0.7]], np.float32)]
+    keys = [np.array([[7, 1]]), np.array([[3, PAD_KEY]])]
+    ids = [np.array([["a", "b"]], object), np.array([["c", None]], object)]
+    top_scores, top_keys, top_ids = merge_topk(scores, keys, ids, k=3)
+    assert top_ids.tolist() == [["c", "a", "b"]]  # the tie at 0.9 goes to the lower key
+    assert top_keys.tolist() == [[3, 7, 1]] and top_scores[0].tolist() == pytest.approx([0.9, 0.9, 0.5])
+    _, _, without = merge_topk(scores, keys, ids, k=3, exclude=np.array(["c"], object))
+    assert without.tolist() == [["a", "b", None]]
+
+
+def test_three_flat_shards_return_exactly_one_flat_index(tmp_path, local_ray):
     rng = np.random.default_rng(0)
-    targets, queries = _normalised(rng, 200, 16), _normalised(rng, 30, 16)
-    positives = rng.integers(0, 200, size=30)
-    ids, sims = search_excluding_positive(build_index(targets), queries, positives, top_k=10)
-    brute = queries @ targets.T
-    for q in range(30):
-        order = [int(i) for i in np.argsort(-brute[q]) if i != positives[q]][:10]
-        assert ids[q] == order
-        assert sims[q] == pytest.approx(brute[q, order].tolist(), abs=1e-5)
-        assert positives[q] not in ids[q]
+    # Small integers over a power of two: every dot product is exact, and duplicated rows
+    # make ties, at the top and at the k-th place.
+    grid = rng.integers(-2, 3, size=(60, 8)).astype(np.float32) / 4
+    targets = np.concatenate([grid, grid[:20], grid[:10], _normalised(rng, 30, 8)])  # 120 rows
+    queries = np.concatenate([grid[:12], rng.integers(-2, 3, size=(8, 8)).astype(np.float32) / 4])
+    positives = [f"t{i}" for i in rng.integers(0, len(targets), size=len(queries))]
+    _write_targets(tmp_path / "emb", targets, files=7, failed={5, 64})
+    one = _search(tmp_path / "emb", queries, positives, 1, top_k=10)
+    three = _search(tmp_path / "emb", queries, positives, 3, top_k=10)
+    assert one == three  # ids and scores, ==, ties included
+    expected = brute_force(targets, queries, positives, 10, unindexed={5, 64})  # failed rows are not indexed
+    assert [ids for ids, _ in expected] == one[0]
+    # numpy sums the random rows' products in another order than FAISS: last-bit differences.
+    assert np.allclose(np.array([s for _, s in expected]), np.array(one[1]), rtol=0, atol=1e-6)
+    # Not trivial: ties straddle the 10th place, and every shard contributes hits.
+    boundary_ties = sum(np.sum(np.isclose(targets @ q, sims[9])) > 1 for q, sims in zip(queries, one[1]))
+    assert boundary_ties >= 3
+    files = shard_files(tmp_path / "emb", 3)
+    shard_of = {}
+    for shard, share in enumerate(files):
+        for _, path in share:
+            shard_of.update({i: shard for i in pq.read_table(path, columns=["id"])["id"].to_pylist()})
+    assert {shard_of[i] for ids in one[0] for i in ids} == {0, 1, 2}
+    assert not any(p in ids for p, ids in zip(positives, one[0]))
 
 
-def test_chunked_search_equals_one_shot():
-    rng = np.random.default_rng(1)
-    targets, queries = _normalised(rng, 100, 8), _normalised(rng, 25, 8)
-    positives = np.arange(25)
-    index = build_index(targets)
-    assert search_excluding_positive(index, queries, positives, 5, chunk_size=4) == \
-        search_excluding_positive(index, queries, positives, 5, chunk_size=1000)
-
-
-@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
-def test_approximate_indexes_find_most_exact_neighbours(kind):
+@pytest.mark.parametrize("kind,floor", [("ivf", 0.8), ("ivfpq", 0.5), ("hnsw", 0.8)])
+def test_approximate_indexes_find_most_exact_neighbours(tmp_path, local_ray, kind, floor):
     rng = np.random.default_rng(2)
-    targets, queries = _normalised(rng, 2000, 16), _normalised(rng, 20, 16)
-    positives = np.full(20, -1)
-    exact, _ = search_excluding_positive(build_index(targets), queries, positives, 10)
-    approx, _ = search_excluding_positive(build_index(targets, kind, nlist=16, nprobe=8), queries, positives, 10)
+    targets, queries = _normalised(rng, 3000, 32), _normalised(rng, 20, 32)
+    _write_targets(tmp_path / "emb", targets, files=3)
+    positives = ["none"] * 20
+    exact, _ = _search(tmp_path / "emb", queries, positives, 1, top_k=10)
+    approx, _ = _search(tmp_path / "emb", queries, positives, 2, top_k=10, index=kind, nlist=16, nprobe=8, pq_m=8)
     recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
-    assert recall >= 0.8, recall
+    assert recall >= floor, recall
 
 
-def test_small_corpus_returns_what_exists():
+def test_small_corpus_returns_what_exists(tmp_path, local_ray):
     rng = np.random.default_rng(3)
-    ids, _ = search_excluding_positive(build_index(_normalised(rng, 4, 8)), _normalised(rng, 2, 8), np.array([0, 1]), 50)
-    assert [len(r) for r in ids] == [3, 3]
+    _write_targets(tmp_path / "emb", _normalised(rng, 4, 8), files=1)
+    ids, _ = _search(tmp_path / "emb", _normalised(rng, 2, 8), ["t0", "t1"], 3, top_k=50)
+    assert [len(r) for r in ids] == [3, 3] and "t0" not in ids[0]
+
+
+def test_gpu_without_a_gpu_is_a_clear_error(tmp_path):
+    rng = np.random.default_rng(4)
+    _write_targets(tmp_path / "emb", _normalised(rng, 4, 8), files=1)
+    shard = IndexShard(RetrievalConfig(use_gpu=True).model_dump())
+    with pytest.raises(RuntimeError, match="sees no GPU"):
+        shard.build(shard_files(tmp_path / "emb", 1)[0])
+
+
+def test_ivfpq_refuses_a_sub_quantizer_count_that_does_not_divide_the_dimension(tmp_path):
+    rng = np.random.default_rng(5)
+    _write_targets(tmp_path / "emb", _normalised(rng, 100, 12), files=1)
+    shard = IndexShard(RetrievalConfig(index="ivfpq", pq_m=5).model_dump())
+    with pytest.raises(ValueError, match="does not divide"):
+        shard.build(shard_files(tmp_path / "emb", 1)[0])

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
+from unime_ray.rng import seeded_rng
 from unime_ray.mining.select import (
     cyclic_order,
     cyclic_sample,
     keep_below_positive,
     keep_relative_margin,
-    seeded_rng,
     select_hard_negatives,
 )
 

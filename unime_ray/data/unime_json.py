@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import shutil
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
@@ -91,22 +94,50 @@ def read_unime_json(path: str | Path, image_root: str | None = None) -> Corpus:
     )
 
 
-def write_unime_json(mined: pa.Table, path: str | Path) -> None:
-    """Mined records (our Parquet layout) -> UniME-V2's JSON layout."""
+def unime_record(r: dict) -> dict:
+    """One mined record (our Parquet layout) in UniME-V2's JSON layout."""
     from unime_ray.models.inputs import join_text
 
-    records = []
-    for r in mined.to_pylist():
-        records.append({
-            "query_text": format_text(join_text(r["query_instruction"], r["query_text"]), bool(r["query_image"])),
-            "query_image": r["query_image"] or "",
-            "pos_text": format_text(join_text(r["pos_instruction"], r["pos_text"]), bool(r["pos_image"])),
-            "pos_image": r["pos_image"] or "",
-            "query_pos_scores": r["query_pos_score"],
-            "hard_negatives": [
-                [format_text(join_text(i, t), bool(im)), im or ""]
-                for i, t, im in zip(r["neg_instructions"], r["neg_texts"], r["neg_images"])
-            ],
-            "hard_negatives_scores": r["neg_scores"],
-        })
-    Path(path).write_text(json.dumps(records, indent=1))
+    return {
+        "query_text": format_text(join_text(r["query_instruction"], r["query_text"]), bool(r["query_image"])),
+        "query_image": r["query_image"] or "",
+        "pos_text": format_text(join_text(r["pos_instruction"], r["pos_text"]), bool(r["pos_image"])),
+        "pos_image": r["pos_image"] or "",
+        "query_pos_scores": r["query_pos_score"],
+        "hard_negatives": [
+            [format_text(join_text(i, t), bool(im)), im or ""]
+            for i, t, im in zip(r["neg_instructions"], r["neg_texts"], r["neg_images"])
+        ],
+        "hard_negatives_scores": r["neg_scores"],
+    }
+
+
+def _write_fragment(batch: pa.Table, directory: str) -> pa.Table:
+    """A block's records as the comma-separated elements of a JSON array, in a file of its own."""
+    path = Path(directory) / f"{uuid.uuid4().hex}.part"
+    path.write_text(",\n".join(json.dumps(unime_record(r), indent=1) for r in batch.to_pylist()))
+    return pa.table({"path": [str(path)], "records": [batch.num_rows]})
+
+
+def write_unime_json(mined, path: str | Path) -> int:
+    """Mined records (a Ray Dataset of our Parquet layout) -> one JSON array in UniME-V2's
+    layout. Workers write each block's part; the parts are then concatenated file to file,
+    so no process holds more than a block. Returns the number of records."""
+    path = Path(path)
+    parts_dir = path.with_name(path.name + ".parts")
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    parts_dir.mkdir(parents=True)
+    parts = [row for row in mined.map_batches(_write_fragment, fn_kwargs={"directory": str(parts_dir)},
+                                              batch_format="pyarrow", num_cpus=0.25).take_all() if row["records"]]
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w") as out:
+        out.write("[\n")
+        for number, part in enumerate(parts):
+            if number:
+                out.write(",\n")
+            with open(part["path"]) as piece:
+                shutil.copyfileobj(piece, out)
+        out.write("\n]\n")
+    os.replace(tmp, path)
+    shutil.rmtree(parts_dir)
+    return sum(part["records"] for part in parts)

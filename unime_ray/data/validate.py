@@ -1,8 +1,8 @@
 """Row checks: each bad row gets a reason and goes to the rejects; the rest go on.
 
 Per-row checks (empty item, unreadable image, path outside the root) are a batch
-function that Ray Data maps over the corpus, so they scale with it. Cross-row checks
-(unknown or rejected positive, duplicate ids) need only the id columns and run here.
+function mapped over the corpus. Cross-row checks (duplicate ids, unknown or rejected
+positives) are a group-by and a join in Ray Data: no check holds the corpus in one place.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 from unime_ray.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 
 ERROR_COLUMN = "error"
+FIRST_COLUMN = "first_of_id"  # one row per id is True: the unique side of a join
 
 
 def row_error(row: dict, image_root: str | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
@@ -34,38 +35,54 @@ def check_rows(batch: pa.Table, image_root: str | None, max_pixels: int = DEFAUL
     return batch.append_column(ERROR_COLUMN, pa.array(errors, pa.string()))
 
 
-def _duplicates(ids: pa.Array) -> set[str]:
-    counts = pc.value_counts(ids)
-    return {item["values"] for item in counts.to_pylist() if item["counts"] > 1}
+def mark_group(group: pa.Table, kind: str) -> pa.Table:
+    """The rows sharing one id: all of them are duplicates when there are several."""
+    first = pa.array([True] + [False] * (group.num_rows - 1))
+    if group.num_rows > 1:
+        message = pa.scalar(f"duplicate {kind} id {group['id'][0].as_py()!r}")
+        group = group.set_column(group.column_names.index(ERROR_COLUMN), ERROR_COLUMN,
+                                 pc.coalesce(group[ERROR_COLUMN], message))
+    return group.append_column(FIRST_COLUMN, first)
 
 
-def cross_row_errors(queries: pa.Table, targets: pa.Table) -> tuple[list[str | None], list[str | None]]:
-    """Errors that need the whole corpus: duplicate ids, unknown or rejected positives.
+def mark_duplicates(ds, kind: str):
+    """``ds`` (with ``error``) with duplicate ids marked and a ``first_of_id`` column."""
+    return ds.groupby("id").map_groups(mark_group, fn_kwargs={"kind": kind}, batch_format="pyarrow")
 
-    Both tables carry the per-row ``error`` column already; the returned lists merge it
-    with the new checks, row for row.
-    """
-    dup_targets = _duplicates(targets.column("id"))
-    target_errors = [
-        err or (f"duplicate target id {tid!r}" if tid in dup_targets else None)
-        for tid, err in zip(targets.column("id").to_pylist(), targets.column(ERROR_COLUMN).to_pylist())
-    ]
-    good_targets = {tid for tid, err in zip(targets.column("id").to_pylist(), target_errors) if err is None}
-    all_targets = set(targets.column("id").to_pylist())
-    dup_queries = _duplicates(queries.column("id"))
-    query_errors = []
-    for qid, pos, err in zip(
-        queries.column("id").to_pylist(),
-        queries.column("positive_id").to_pylist(),
-        queries.column(ERROR_COLUMN).to_pylist(),
-    ):
-        if err is None and qid in dup_queries:
-            err = f"duplicate query id {qid!r}"
-        if err is None and not pos:
-            err = "no positive_id"
-        elif err is None and pos not in all_targets:
-            err = f"unknown positive id {pos!r}"
-        elif err is None and pos not in good_targets:
-            err = f"positive target {pos!r} was rejected"
-        query_errors.append(err)
-    return query_errors, target_errors
+
+def positive_status(targets):
+    """One row per target id: ``positive_id``, ``positive_error`` (why it cannot be a
+    positive, or null) and ``positive_known`` (always True: null after a join means unknown)."""
+    def status(batch: pa.Table) -> pa.Table:
+        batch = batch.filter(batch[FIRST_COLUMN])
+        return pa.table({"positive_id": batch["id"], "positive_error": batch[ERROR_COLUMN],
+                         "positive_known": pa.array([True] * batch.num_rows)})
+
+    return targets.map_batches(status, batch_format="pyarrow")
+
+
+def positive_error(error: str | None, positive: str | None, known: bool | None, rejected: str | None) -> str | None:
+    """A query's error after its positive is looked up (the first problem found counts)."""
+    if error is not None:
+        return error
+    if not positive:
+        return "no positive_id"
+    if not known:
+        return f"unknown positive id {positive!r}"
+    if rejected is not None:
+        return f"positive target {positive!r} was rejected"
+    return None
+
+
+def check_positives(queries, status, num_partitions: int):
+    """``queries`` (with ``error``) joined to their positives' status; the error says why a
+    query's positive is missing or unusable."""
+    def merge(batch: pa.Table) -> pa.Table:
+        errors = [positive_error(*values) for values in zip(
+            batch[ERROR_COLUMN].to_pylist(), batch["positive_id"].to_pylist(), batch["positive_known"].to_pylist(),
+            batch["positive_error"].to_pylist())]
+        batch = batch.drop_columns(["positive_known", "positive_error"])
+        return batch.set_column(batch.column_names.index(ERROR_COLUMN), ERROR_COLUMN, pa.array(errors, pa.string()))
+
+    joined = queries.join(status, "left_outer", num_partitions=num_partitions, on=("positive_id",))
+    return joined.map_batches(merge, batch_format="pyarrow")

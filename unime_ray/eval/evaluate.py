@@ -27,7 +27,7 @@ from unime_ray.eval.config import EvalConfig
 from unime_ray.eval.metrics import aggregate, gold_ranks, ranks_from_orders, task_metrics
 from unime_ray.eval.report import columns, write_report
 from unime_ray.eval.tasks import EvalSet, EvalTask, read_tasks
-from unime_ray.mining.stages import ITEM_COLUMNS, ActorStage, embed_dataset
+from unime_ray.dataplane.stages import ITEM_COLUMNS, ActorStage, embed_dataset
 
 logger = logging.getLogger(__name__)
 

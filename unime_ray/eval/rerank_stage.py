@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from unime_ray.data.images import ImageError
-from unime_ray.mining.stages import ITEM_COLUMNS, require_columns, row_item
+from unime_ray.dataplane.stages import ITEM_COLUMNS, require_columns, row_item
 from unime_ray.models.inputs import Item, load_item
 
 

@@ -6,11 +6,11 @@ false negatives (dropped); cyclical sampling then picks ``k`` diverse ones from 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import numpy as np
+
 
 Rule = Literal["beta", "relative_margin"]
 
@@ -36,12 +36,6 @@ def cyclic_sample(n: int, k: int = 10, step: int = 5) -> list[int]:
         raise ValueError("cyclic_sample needs at least one candidate")
     order = cyclic_order(n, step)
     return [order[i % n] for i in range(k)]
-
-
-def seeded_rng(key: str, seed: int) -> np.random.Generator:
-    """A generator fixed by (key, seed), so reruns and other workers draw the same."""
-    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Literal, Sequence
 
 from unime_ray import metrics
 from unime_ray.failures import call_isolating_failures
-from unime_ray.mining.judge import build_judge
+from unime_ray.models.engines.scoring import build_judge
 from unime_ray.models.inputs import Item, user_turn
 
 logger = logging.getLogger(__name__)

@@ -1,12 +1,14 @@
 """The Index deployment's directory: build it from a target corpus, load it to search.
 
-    OUT/index.faiss      inner-product FAISS index over the targets' embeddings (row i = target i)
-    OUT/targets.parquet  row, id, dataset, instruction, text, image (a path relative to OUT, "" for none)
-    OUT/index.json       the embedder it was built with, dimension, count, index kind
-    OUT/rejects.parquet  targets left out, with the reason
+    OUT/index.faiss        inner-product FAISS index over the targets' embeddings
+    OUT/index_ids.parquet  the target id at each index position
+    OUT/targets.parquet/   id, dataset, instruction, text, image (a path relative to OUT, "" for none)
+    OUT/index.json         the embedder it was built with, dimension, count, index kind
+    OUT/rejects.parquet/   targets left out, with the reason
 
-Images are referenced like the mining job's records: through OUT/corpus_images (a link
-to the corpus' image root) or written once under OUT/images, so OUT is self-contained.
+Embedding runs in a Ray Data actor pool and the index is built inside an index actor, so
+the job's driver holds neither vectors nor rows. Images are referenced like the mining
+job's records (``unime_ray.data.image_refs``), so OUT is self-contained.
 """
 
 from __future__ import annotations
@@ -20,57 +22,61 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from unime_ray.data.corpus import rejects_table
+from unime_ray.data.corpus import REJECT_SCHEMA
+from unime_ray.data.image_refs import image_ref, link_image_root
+from unime_ray.data.rejects import as_rejects
+from unime_ray.data.sources import corpus_files, read_corpus
+from unime_ray.dataplane.embed_stage import embed_dataset
+from unime_ray.dataplane.io import count_rows, read_dataset, rows_where_error, write_dataset
 from unime_ray.serving.config import BuildIndexConfig
 
 logger = logging.getLogger(__name__)
 
-INDEX_FILE, TARGETS_FILE, META_FILE = "index.faiss", "targets.parquet", "index.json"
-TARGET_SCHEMA = pa.schema([pa.field("row", pa.int64()), pa.field("id", pa.string()), pa.field("dataset", pa.string()),
+INDEX_FILE, IDS_FILE, TARGETS_FILE, META_FILE = "index.faiss", "index_ids.parquet", "targets.parquet", "index.json"
+TARGET_SCHEMA = pa.schema([pa.field("id", pa.string()), pa.field("dataset", pa.string()),
                            pa.field("instruction", pa.string()), pa.field("text", pa.string()),
                            pa.field("image", pa.string())])
 
 
+def served_targets(batch: pa.Table, output_dir: str) -> pa.Table:
+    """Embedded target rows -> what a search hit shows (image as a reference under OUT)."""
+    rows = batch.select(["id", "dataset", "instruction", "text", "image", "image_path"]).to_pylist()
+    return pa.Table.from_pylist([{"id": r["id"], "dataset": r["dataset"], "instruction": r["instruction"] or "",
+                                  "text": r["text"] or "", "image": image_ref(output_dir, r["image"], r["image_path"])}
+                                 for r in rows], schema=TARGET_SCHEMA)
+
+
 def build_index_dir(config: BuildIndexConfig) -> dict:
-    """Embed the corpus' targets with a Ray Data actor pool and write OUT; returns index.json."""
-    import faiss
+    """Embed the corpus' targets and write OUT (on the connected Ray cluster); returns index.json."""
     import ray
 
-    from unime_ray.mining.pipeline import ImageRefs, load_corpus
-    from unime_ray.mining.retrieval import build_index
-    from unime_ray.mining.stages import embed_dataset, embeddings_matrix
+    from unime_ray.retrieval.shards import shard_files, start_shards
 
     started = time.perf_counter()
     out = Path(config.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if Path(config.embed.model).exists():
         config.embed.model = str(Path(config.embed.model).resolve())
-    if not ray.is_initialized():
-        ray.init()
-    corpus = load_corpus(config.corpus)
-    targets = corpus.targets
-    embed_dataset(targets, config.embed, corpus.image_root, config.corpus.max_image_pixels).write_parquet(
-        str(out / "embeddings"))
-    embedded = pq.read_table(out / "embeddings")
-    vectors, kept = embeddings_matrix(embedded, targets.column("id").to_pylist())
-    errors = dict(zip(embedded.column("id").to_pylist(), embedded.column("error").to_pylist()))
-    ids, indexed = targets.column("id").to_pylist(), set(kept)
-    rejects = [{"table": "targets", "id": i, "row": r, "reason": errors.get(i) or "not embedded"}
-               for r, i in enumerate(ids) if i not in indexed]
+    files = corpus_files(config.corpus, out / "source")
+    _, targets = read_corpus(files)
+    write_dataset(embed_dataset(targets, config.embed, files.image_root, config.corpus.max_image_pixels),
+                  out / "embeddings")
+    embedded = read_dataset(out / "embeddings")
+    rejected = write_dataset(as_rejects(embedded, "targets"), out / "rejects.parquet", REJECT_SCHEMA)
+    link_image_root(out, files.image_root)
+    kept = write_dataset(rows_where_error(embedded, failed=False).map_batches(
+        served_targets, fn_kwargs={"output_dir": str(out)}, batch_format="pyarrow"), out / TARGETS_FILE, TARGET_SCHEMA)
     if not kept:
-        raise SystemExit(f"no target could be embedded ({len(rejects)} rejected); see the job log")
-    r = config.index
-    index = build_index(vectors, r.index, nlist=r.nlist, nprobe=r.nprobe, hnsw_m=r.hnsw_m, ef_search=r.ef_search)
-    faiss.write_index(index, str(out / INDEX_FILE))
-    refs, by_id = ImageRefs(out, corpus.image_root), {row["id"]: row for row in targets.to_pylist()}
-    rows = [{"row": n, "id": i, "dataset": by_id[i]["dataset"], "instruction": by_id[i]["instruction"] or "",
-             "text": by_id[i]["text"] or "", "image": refs(by_id[i])} for n, i in enumerate(kept)]
-    pq.write_table(pa.Table.from_pylist(rows, schema=TARGET_SCHEMA), out / TARGETS_FILE)
-    pq.write_table(rejects_table(rejects), out / "rejects.parquet")
-    meta = {"model": config.embed.model, "dim": int(vectors.shape[1]), "count": len(kept), "kind": r.index,
-            "rejected": len(rejects), "seconds": round(time.perf_counter() - started, 1)}
+        raise SystemExit(f"no target could be embedded ({rejected} rejected); see {out / 'rejects.parquet'}")
+    r = config.index.model_copy(update={"num_shards": 1})  # the service loads one index file
+    [shard] = start_shards(r)
+    ray.get(shard.build.remote(shard_files(out / "embeddings", 1)[0]))
+    dim = ray.get(shard.save.remote(str(out / INDEX_FILE), str(out / IDS_FILE)))
+    ray.kill(shard)
+    meta = {"model": config.embed.model, "dim": int(dim), "count": kept, "kind": r.index, "rejected": rejected,
+            "seconds": round(time.perf_counter() - started, 1)}
     (out / META_FILE).write_text(json.dumps(meta, indent=1))
-    logger.info("indexed %d targets (%d rejected) into %s", len(kept), len(rejects), out)
+    logger.info("indexed %d targets (%d rejected) into %s", kept, rejected, out)
     return meta
 
 
@@ -85,9 +91,14 @@ class LoadedIndex:
         self.index = faiss.read_index(str(self.path / INDEX_FILE))
         if use_gpu:
             self.index = faiss.index_cpu_to_all_gpus(self.index)
-        self.targets = pq.read_table(self.path / TARGETS_FILE).to_pylist()
-        if self.index.ntotal != len(self.targets):
-            raise ValueError(f"{self.path}: {self.index.ntotal} vectors but {len(self.targets)} targets")
+        # The replica's own copy of what hits show, in index order (ids are unique).
+        ids = pq.read_table(self.path / IDS_FILE).column("id")
+        targets = pq.read_table(self.path / TARGETS_FILE)
+        position = pa.table({"id": ids, "position": pa.array(np.arange(len(ids)), pa.int64())})
+        ordered = position.join(targets, "id", join_type="inner").sort_by("position").drop_columns(["position"])
+        if self.index.ntotal != ordered.num_rows or ordered.num_rows != len(ids):
+            raise ValueError(f"{self.path}: {self.index.ntotal} vectors, {len(ids)} ids, {ordered.num_rows} targets")
+        self.targets = ordered.to_pylist()
 
     def search(self, vectors: np.ndarray, top_k: int) -> list[list[dict]]:
         """For each [dim] vector, its ``top_k`` targets, best first, each with ``score``."""

@@ -18,8 +18,8 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
-from unime_ray.mining.judge import judge_messages
-from unime_ray.mining.select import seeded_rng
+from unime_ray.models.engines.scoring import judge_messages
+from unime_ray.rng import seeded_rng
 from unime_ray.models.embedder import last_token_index
 from unime_ray.models.inputs import encode, render
 from unime_ray.models.reranker import listwise_answer, listwise_images, listwise_messages

@@ -83,8 +83,8 @@ class Judge(Protocol):
 
 
 BACKENDS = {
-    "transformers": "unime_ray.mining.judge_transformers:TransformersJudge",
-    "vllm": "unime_ray.mining.judge_vllm:VLLMJudge",
+    "transformers": "unime_ray.models.engines.transformers_engine:TransformersJudge",
+    "vllm": "unime_ray.models.engines.vllm_engine:VLLMJudge",
 }
 
 

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from unime_ray.mining.judge import JudgeResult, Pair, Prompt, judge_prompt, score_isolating_failures, yes_no_token_ids, yes_probability
+from unime_ray.models.engines.scoring import JudgeResult, Pair, Prompt, judge_prompt, score_isolating_failures, yes_no_token_ids, yes_probability
 from unime_ray.models.embedder import last_hidden
 from unime_ray.models.inputs import encode, render
 from unime_ray.models.loading import load_model, load_processor

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
-from unime_ray.mining.judge import JudgeResult, Pair, Prompt, judge_prompt, score_isolating_failures, yes_no_token_ids, yes_probability
+from unime_ray.models.engines.scoring import JudgeResult, Pair, Prompt, judge_prompt, score_isolating_failures, yes_no_token_ids, yes_probability
 from unime_ray.models.inputs import render
 from unime_ray.models.loading import load_processor
 

@@ -1,0 +1,1 @@
+"""Generic Ray Data plumbing: actor stages, tensor columns, the embedding stage."""

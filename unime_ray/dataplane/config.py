@@ -1,0 +1,27 @@
+"""Config sections of Ray Data actor stages, shared by every job that runs one."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from unime_ray.config import StrictModel
+
+
+class ActorConfig(StrictModel):
+    """Resources of one Ray Data actor pool (per actor)."""
+
+    num_actors: int = Field(1, ge=1, description="actors in the pool")
+    num_cpus: float = Field(0.5, gt=0, description="CPUs reserved per actor (fractions let stages share a node)")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor: 0 on CPU machines, 1 on a GPU cluster")
+    batch_size: int = Field(16, ge=1, description="rows per batch handed to an actor")
+    torch_threads: int | None = Field(1, ge=1, description="intra-op threads per actor (None: torch's default)")
+
+
+class EmbedConfig(ActorConfig):
+    model: str = Field(".cache/checkpoints/embedder", description="embedder checkpoint: local dir or hub id")
+    device: str = Field("cpu", description="'cpu' or 'cuda'")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights' dtype (bfloat16 on GPUs)")
+    vector_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="stored embeddings' dtype: float16 halves disk and shuffle volume")

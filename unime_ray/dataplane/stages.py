@@ -1,0 +1,62 @@
+"""Ray Data actor stages: the resources of a pool, and the column contract of its UDFs.
+
+A UDF declares its input columns, returns exactly one output row per input row, and
+reports a failed row in an ``error`` column instead of raising. UDFs never touch Ray;
+``ActorStage`` holds the pool's resources and turns them into ``map_batches`` arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from unime_ray.data.images import load_image
+from unime_ray.models.inputs import Item
+
+ITEM_COLUMNS = ("id", "instruction", "text", "image", "image_path")
+
+
+def require_columns(batch: pa.Table, columns, stage: str) -> None:
+    missing = [c for c in columns if c not in batch.column_names]
+    if missing:
+        raise KeyError(f"{stage} stage needs columns {missing}; the batch has {batch.column_names}")
+
+
+def row_item(row: dict, image_root: str | None, max_pixels: int) -> Item:
+    """A corpus row as a model ``Item`` (raises ``ImageError`` on a bad image)."""
+    image = load_image(row.get("image"), row.get("image_path"), image_root, max_pixels)
+    return Item(row.get("instruction") or "", row.get("text") or "", image)
+
+
+def set_column(batch: pa.Table, name: str, values: pa.Array) -> pa.Table:
+    """``batch`` with column ``name`` replaced or appended."""
+    if name in batch.column_names:
+        return batch.set_column(batch.column_names.index(name), name, values)
+    return batch.append_column(name, values)
+
+
+@dataclass
+class ActorStage:
+    """Resources of one actor-pool stage: what ``map_batches`` needs beside the UDF."""
+
+    num_actors: int = 1
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    batch_size: int = 16
+
+    @classmethod
+    def from_config(cls, config) -> "ActorStage":
+        return cls(config.num_actors, config.num_cpus, config.num_gpus, config.batch_size)
+
+    def map_batches_kwargs(self) -> dict[str, Any]:
+        import ray.data
+
+        return {
+            "compute": ray.data.ActorPoolStrategy(size=self.num_actors),
+            "num_cpus": self.num_cpus,
+            "num_gpus": self.num_gpus,
+            "batch_size": self.batch_size,
+            "batch_format": "pyarrow",
+        }

@@ -1,0 +1,63 @@
+"""The selection stage: a judged query row -> its mined record, or the reason it has none.
+
+Runs as a Ray Data map over the judge stage's output, which already carries every pair's
+target row, so records are written by the workers with no lookup.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from unime_ray.data.image_refs import image_ref
+from unime_ray.mining.judge_stage import TARGET_FIELDS
+from unime_ray.mining.select import select_hard_negatives
+from unime_ray.rng import seeded_rng
+
+RECORD_SCHEMA = pa.schema([
+    pa.field("query_id", pa.string()), pa.field("dataset", pa.string()),
+    pa.field("query_instruction", pa.string()), pa.field("query_text", pa.string()),
+    pa.field("query_image", pa.string()), pa.field("positive_id", pa.string()),
+    pa.field("pos_instruction", pa.string()), pa.field("pos_text", pa.string()), pa.field("pos_image", pa.string()),
+    pa.field("query_pos_score", pa.float64()), pa.field("neg_ids", pa.list_(pa.string())),
+    pa.field("neg_instructions", pa.list_(pa.string())), pa.field("neg_texts", pa.list_(pa.string())),
+    pa.field("neg_images", pa.list_(pa.string())), pa.field("neg_scores", pa.list_(pa.float64())),
+    pa.field("used_fallback", pa.bool_()), pa.field("false_negatives_dropped", pa.int64()),
+])
+# Beside each record while the stage runs: why there is none, and the pairs that failed.
+SELECTED_SCHEMA = RECORD_SCHEMA.append(pa.field("error", pa.string())).append(pa.field("pairs_failed", pa.int64()))
+
+
+def _target(row: dict, i: int) -> dict:
+    return {c: row[field][i] for c, field in TARGET_FIELDS.items()}
+
+
+def select_record(row: dict, s, output_dir: str) -> dict:
+    """One judged query row -> its record, or ``error`` saying why it has none. ``s`` is
+    the ``SelectConfig``; image references are relative to ``output_dir``."""
+    scores = row["candidate_scores"]
+    ok = [i for i, score in enumerate(scores) if score is not None]
+    record = {"query_id": row["id"], "pairs_failed": len(scores) - len(ok)}
+    if row["error"]:
+        return {**record, "error": row["error"]}
+    if not ok:
+        return {**record, "error": "no candidate could be judged"}
+    pick = select_hard_negatives([scores[i] for i in ok], row["positive_score"], rule=s.rule, beta=s.beta,
+                                 margin=s.margin, k=s.k, step=s.step, rng=seeded_rng(row["id"], s.seed))
+    positive = _target(row, 0)
+    negatives = [_target(row, 1 + ok[i]) for i in pick.indices]  # slot 0 is the positive
+    ref = lambda item: image_ref(output_dir, item["image"], item["image_path"])  # noqa: E731
+    return {
+        **record, "dataset": row["dataset"],
+        "query_instruction": row["instruction"] or "", "query_text": row["text"] or "", "query_image": ref(row),
+        "positive_id": positive["id"], "pos_instruction": positive["instruction"] or "",
+        "pos_text": positive["text"] or "", "pos_image": ref(positive), "query_pos_score": row["positive_score"],
+        "neg_ids": [n["id"] for n in negatives], "neg_instructions": [n["instruction"] or "" for n in negatives],
+        "neg_texts": [n["text"] or "" for n in negatives], "neg_images": [ref(n) for n in negatives],
+        "neg_scores": pick.scores, "used_fallback": pick.fallback, "false_negatives_dropped": pick.dropped,
+    }
+
+
+def select_records(batch: pa.Table, select, output_dir: str) -> pa.Table:
+    """Judged query rows -> ``SELECTED_SCHEMA`` rows (``error`` set: no record)."""
+    return pa.Table.from_pylist([select_record(row, select, output_dir) for row in batch.to_pylist()],
+                                schema=SELECTED_SCHEMA)
