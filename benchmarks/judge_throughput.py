@@ -58,19 +58,18 @@ def time_embedding(model: str, rows: int, actors: int) -> dict:
     """Rows/s over the whole run (actor start-up included) and steady rows/s: the rows
     that arrive after the first batch, over the time from first to last batch."""
     import pyarrow as pa
+    import ray.data
 
     from unime_ray.data.easyvqa import build_easyvqa_corpus
-    from unime_ray.dataplane.stages import ActorStage, EmbedUDF
+    from unime_ray.dataplane.config import EmbedConfig
+    from unime_ray.dataplane.embed_stage import EmbedUDF, embed_dataset
 
     corpus = build_easyvqa_corpus(num_images=100, seed=0)  # images and texts, as in mining
     table = corpus.queries.select(list(EmbedUDF.INPUT_COLUMNS))
     table = pa.concat_tables([table] * (rows // table.num_rows + 1)).slice(0, rows)
-    stage = ActorStage(num_actors=actors, num_cpus=0.5, batch_size=16)
-    ds = stage.dataset(table, blocks_per_actor=16).map_batches(
-        EmbedUDF, fn_constructor_kwargs={"model": model, "device": "cpu", "dtype": "float32",
-                                         "image_root": corpus.image_root, "max_pixels": 1 << 24,
-                                         "torch_threads": 1},
-        **stage.map_batches_kwargs())
+    blocks = [table.slice(start, 64) for start in range(0, rows, 64)]  # enough blocks for every actor
+    config = EmbedConfig(model=model, num_actors=actors, num_cpus=0.5, batch_size=16)
+    ds = embed_dataset(ray.data.from_arrow(blocks), config, corpus.image_root, 1 << 24)
     start = time.perf_counter()
     first = last = None
     seen = after_first = 0

@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -92,7 +93,7 @@ class Sampler(threading.Thread):
 
     def run(self) -> None:
         import psutil
-        import ray
+        from ray._private.internal_api import memory_summary
 
         while not self.stop.is_set():
             for process in psutil.process_iter(["pid", "cmdline", "memory_info"]):
@@ -105,9 +106,8 @@ class Sampler(threading.Thread):
                     self.peaks["driver_rss"] = max(self.peaks["driver_rss"], rss)
                 elif "ray::" in command or "default_worker.py" in command:
                     self.peaks["worker_rss"] = max(self.peaks["worker_rss"], rss)
-            total = ray.cluster_resources().get("object_store_memory", 0)
-            free = ray.available_resources().get("object_store_memory", total)
-            self.peaks["object_store"] = max(self.peaks["object_store"], int(total - free))
+            used = re.search(r"Plasma memory usage (\d+) MiB", memory_summary(stats_only=True))
+            self.peaks["object_store"] = max(self.peaks["object_store"], int(used.group(1)) << 20 if used else 0)
             time.sleep(self.interval)
 
 
@@ -223,7 +223,7 @@ def main() -> None:
     write_result({"settings": {"top_k": args.top_k, "judge_backend": args.backend, "embed_actors": args.embed_actors,
                                "images_in_pool": len(pool)},
                   "sizes": sizes, "marginal_seconds_per_row": marginal_costs(sizes),
-                  "driver_rss_growth_mb": round(driver[-1] - driver[0], 1), "chart": str(png.relative_to(REPO))},
+                  "driver_rss_growth_mb": round(driver[-1] - driver[0], 1), "chart": png.name},
                  args.out)
 
 

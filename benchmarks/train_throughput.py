@@ -55,7 +55,7 @@ def time_dedup(mined: Path, model: str, batch: int, repeats: int) -> dict:
     from unime_ray.training.embedder_step import embedder_step, make_loss_fn
     from unime_ray.training.lora import LoraSettings, apply_lora
 
-    records = pq.read_table(mined).to_pylist()[:batch]
+    records = pq.read_table(mined).slice(0, batch).to_pylist()
     torch.manual_seed(0)
     embedder = Embedder(load_processor(model), apply_lora(load_model(model), LoraSettings()).train())
     result = {"queries": batch}

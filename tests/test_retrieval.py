@@ -8,7 +8,8 @@ import pytest
 from unime_ray.dataplane.tensors import tensor_column
 from unime_ray.retrieval.config import RetrievalConfig
 from unime_ray.retrieval.index import PAD_KEY, merge_topk
-from unime_ray.retrieval.shards import IndexShard, search_batch, shard_files, start_shards
+from unime_ray.retrieval.shards import (IndexShard, fetch_size, search_batch, search_dataset, shard_files,
+                                        start_shards)
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +111,88 @@ def test_approximate_indexes_find_most_exact_neighbours(tmp_path, local_ray, kin
     _write_targets(tmp_path / "emb", targets, files=3)
     positives = ["none"] * 20
     exact, _ = _search(tmp_path / "emb", queries, positives, 1, top_k=10)
-    approx, _ = _search(tmp_path / "emb", queries, positives, 2, top_k=10, index=kind, nlist=16, nprobe=8, pq_m=8)
+    # train_size below a shard's share: quantizers train on the first file, the rest is streamed in.
+    approx, _ = _search(tmp_path / "emb", queries, positives, 2, top_k=10, index=kind, nlist=16, nprobe=8, pq_m=8,
+                        train_size=1000)
     recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
     assert recall >= floor, recall
+
+
+def test_a_shard_keeps_the_lowest_keys_of_a_tie_group_larger_than_k(tmp_path):
+    # 30 copies of one vector after 5 others: the top 5 are all tied, and the shard must
+    # return the 5 lowest keys however FAISS picks among them.
+    rng = np.random.default_rng(6)
+    same = _normalised(rng, 1, 8)
+    targets = np.concatenate([-same * 0.5, _normalised(rng, 4, 8) * 0.1, np.repeat(same, 30, axis=0)])
+    _write_targets(tmp_path / "emb", targets, files=2)
+    shard = IndexShard(RetrievalConfig().model_dump())
+    shard.build(shard_files(tmp_path / "emb", 1)[0][::-1])  # file order given does not matter
+    scores, keys, ids = shard.search(same, 5)
+    assert ids.tolist() == [[f"t{i}" for i in range(5, 10)]]
+    assert np.all(scores == scores[0, 0]) and np.all(np.diff(keys[0]) > 0)
+
+
+def test_fetching_past_k_stops_at_padding_and_grows_on_a_tie():
+    scores = np.array([[0.9, 0.5, 0.5]], np.float32)  # fetched 3 for k=2: the tie may go on
+    assert fetch_size(scores, np.array([[4, 2, 7]]), want=2) == 6
+    assert fetch_size(scores, np.array([[4, 2, -1]]), want=2) is None  # nothing more to find
+    assert fetch_size(np.array([[0.9, 0.5, 0.4]], np.float32), np.array([[4, 2, 7]]), want=2) is None
+
+
+def test_an_ivf_shard_pads_rows_its_probed_lists_cannot_fill(tmp_path):
+    rng = np.random.default_rng(9)
+    _write_targets(tmp_path / "emb", _normalised(rng, 400, 8), files=2)
+    shard = IndexShard(RetrievalConfig(index="ivf", nlist=8, nprobe=1).model_dump())
+    shard.build(shard_files(tmp_path / "emb", 1)[0])
+    scores, keys, ids = shard.search(_normalised(rng, 3, 8), 100)  # one list of ~50 probed
+    padded = keys == PAD_KEY
+    assert padded[:, -1].all() and (padded == (ids == None)).all()  # noqa: E711 (elementwise)
+    assert all(len(set(row[~pad])) == (~pad).sum() for row, pad in zip(ids, padded))
+
+
+def test_searching_a_dataset_in_parallel_tasks_leaves_each_positive_out(tmp_path, local_ray):
+    import ray
+    import ray.data
+
+    rng = np.random.default_rng(7)
+    targets = _normalised(rng, 40, 8)
+    _write_targets(tmp_path / "emb", targets, files=4)
+    # Each query is its positive target plus a little noise: the positive is its best hit.
+    queries = targets[:12] + 0.01 * _normalised(rng, 12, 8)
+    positives = [f"t{i}" for i in range(12)]
+    cfg = RetrievalConfig(num_shards=2, top_k=5, query_chunk_size=4)  # 3 query blocks
+    shards = start_shards(cfg)
+    ray.get([shard.build.remote(files) for shard, files in zip(shards, shard_files(tmp_path / "emb", 2))])
+    ds = ray.data.from_arrow(pa.table({"id": [f"q{i}" for i in range(12)], "positive_id": positives,
+                                       "embedding": tensor_column(queries)}))
+    out = pa.concat_tables(ray.get(search_dataset(ds, shards, cfg).to_arrow_refs())).sort_by("id")
+    unfiltered = search_batch(pa.table({"id": ["q0"], "embedding": tensor_column(queries[:1])}), shards, 5)
+    for shard in shards:
+        ray.kill(shard)
+    got = dict(zip(out["id"].to_pylist(), out["candidate_ids"].to_pylist()))
+    expected = brute_force(targets, queries, positives, 5)
+    assert [got[f"q{i}"] for i in range(12)] == [ids for ids, _ in expected]
+    assert "embedding" not in out.column_names and out["candidate_sims"].type == pa.list_(pa.float32())
+    # Not trivial: without a positive column the positive comes first.
+    assert unfiltered["candidate_ids"].to_pylist()[0][0] == "t0"
+
+
+def test_a_saved_shard_loads_as_one_faiss_index(tmp_path, local_ray):
+    import faiss
+    import ray
+
+    rng = np.random.default_rng(8)
+    targets, queries = _normalised(rng, 50, 8), _normalised(rng, 3, 8)
+    _write_targets(tmp_path / "emb", targets, files=3, failed={7})
+    [shard] = start_shards(RetrievalConfig(), num_shards=1)
+    ray.get(shard.build.remote(shard_files(tmp_path / "emb", 1)[0]))
+    dim = ray.get(shard.save.remote(str(tmp_path / "index.faiss"), str(tmp_path / "ids.parquet")))
+    _, _, searched = ray.get(shard.search.remote(queries, 4))
+    ray.kill(shard)
+    index, ids = faiss.read_index(str(tmp_path / "index.faiss")), pq.read_table(tmp_path / "ids.parquet")["id"]
+    assert dim == 8 and index.ntotal == len(ids) == 49 and "t7" not in ids.to_pylist()
+    _, positions = index.search(queries, 4)
+    assert [[ids[int(p)].as_py() for p in row] for row in positions] == searched.tolist()
 
 
 def test_small_corpus_returns_what_exists(tmp_path, local_ray):

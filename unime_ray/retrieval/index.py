@@ -3,7 +3,8 @@
 Embeddings are L2-normalised, so inner product is cosine similarity. Every hit carries
 an integer key (its insertion position in the global order of target files); results
 are ordered by score, then by key, so ties break the same way however the targets are
-sharded.
+sharded. ``ivfpq`` scores are computed from compressed codes: its order (ties included)
+follows those approximate scores, not the exact inner products.
 """
 
 from __future__ import annotations
@@ -49,18 +50,27 @@ def needs_training(kind: str) -> bool:
 
 
 def set_search_breadth(index, kind: str, nprobe: int, ef_search: int) -> None:
+    """Lists probed (ivf, ivfpq; at most the lists there are) or graph breadth (hnsw)."""
     if needs_training(kind):
         index.nprobe = min(nprobe, index.nlist)
     elif kind == "hnsw":
         index.hnsw.efSearch = ef_search
 
 
-def to_gpu(index):
+def require_gpu() -> None:
+    """Raise unless FAISS sees a GPU (checked before a shard reads any file)."""
     import faiss
 
     if faiss.get_num_gpus() == 0:
         raise RuntimeError("retrieval.use_gpu is set but FAISS sees no GPU (is faiss-gpu installed, and "
                            "retrieval.num_gpus > 0 so the index actor gets one?)")
+
+
+def to_gpu(index):
+    """``index`` copied onto every GPU FAISS sees."""
+    import faiss
+
+    require_gpu()
     return faiss.index_cpu_to_all_gpus(index)
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 from pydantic import Field
 
 from unime_ray.config import StrictModel
-from unime_ray.mining.config import CorpusConfig, EmbedConfig, RetrievalConfig
+from unime_ray.mining.config import CorpusConfig, EmbedConfig
 from unime_ray.models.settings import RerankSettings
+from unime_ray.retrieval.config import RetrievalConfig
 
 
 class EmbedderSettings(StrictModel):
