@@ -31,6 +31,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
 bench: checkpoints
+	$(BIN)/python benchmarks/mine_scale.py
 	$(BIN)/python benchmarks/judge_throughput.py
 	@[ -f out/demo/mined.parquet ] || $(MAKE) demo
 	$(BIN)/python benchmarks/train_throughput.py

@@ -88,7 +88,10 @@ class Sampler(threading.Thread):
     def __init__(self, driver_pid: int, interval: float = 0.5):
         super().__init__(daemon=True)
         self.driver_pid, self.interval = driver_pid, interval
-        self.peaks = {"driver_rss": 0, "worker_rss": 0, "object_store": 0}
+        self.peaks = {"driver_rss": 0, "worker_rss": 0, "worker_private": 0, "object_store": 0}
+        # Worker peak RSS by process title (the actor or task). A worker's RSS also counts the
+        # pages of the shared object store it has mapped; RSS minus shared pages is its own.
+        self.by_kind: dict[str, int] = {}
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -99,13 +102,17 @@ class Sampler(threading.Thread):
             for process in psutil.process_iter(["pid", "cmdline", "memory_info"]):
                 try:
                     rss = process.info["memory_info"].rss
+                    private = rss - process.info["memory_info"].shared
                     command = " ".join(process.info["cmdline"] or [])
                 except (psutil.NoSuchProcess, psutil.AccessDenied, TypeError, AttributeError):
                     continue
                 if process.info["pid"] == self.driver_pid:
                     self.peaks["driver_rss"] = max(self.peaks["driver_rss"], rss)
-                elif "ray::" in command or "default_worker.py" in command:
+                elif "ray::" in command or "default_worker.py" in command or "VLLM" in command:
                     self.peaks["worker_rss"] = max(self.peaks["worker_rss"], rss)
+                    self.peaks["worker_private"] = max(self.peaks["worker_private"], private)
+                    kind = command.split()[0] if command.startswith(("ray::", "VLLM")) else "ray worker"
+                    self.by_kind[kind] = max(self.by_kind.get(kind, 0), rss)
             used = re.search(r"Plasma memory usage (\d+) MiB", memory_summary(stats_only=True))
             self.peaks["object_store"] = max(self.peaks["object_store"], int(used.group(1)) << 20 if used else 0)
             time.sleep(self.interval)
@@ -132,7 +139,9 @@ def run_size(corpus: Path, out: Path, args, address: str) -> dict:
     if code:
         raise SystemExit(f"mining failed at {corpus.name} (exit {code}); see {log.name}")
     summary = json.loads((out / "summary.json").read_text())
-    return {"summary": summary, "seconds": time.perf_counter() - started, **sampler.peaks}
+    largest = sorted(sampler.by_kind.items(), key=lambda item: -item[1])[:4]
+    return {"summary": summary, "seconds": time.perf_counter() - started, **sampler.peaks,
+            "largest_workers": {kind: round(rss / 2**20, 1) for kind, rss in largest}}
 
 
 def size_row(num_targets: int, num_queries: int, run: dict) -> dict:
@@ -147,7 +156,9 @@ def size_row(num_targets: int, num_queries: int, run: dict) -> dict:
                           "rows_per_s": round(rows[name] / stages[name], 1)} for name in rows},
         "driver_peak_rss_mb": round(run["driver_rss"] / 2**20, 1),
         "worker_peak_rss_mb": round(run["worker_rss"] / 2**20, 1),
+        "worker_peak_private_mb": round(run["worker_private"] / 2**20, 1),
         "object_store_peak_mb": round(run["object_store"] / 2**20, 1),
+        "largest_workers_peak_rss_mb": run["largest_workers"],
     }
 
 
@@ -177,6 +188,7 @@ def chart(sizes: list[dict], path: Path) -> None:
                   ylabel="seconds", title="time per stage")
     time_axis.legend(fontsize=8)
     for key, label in (("driver_peak_rss_mb", "driver peak RSS"), ("worker_peak_rss_mb", "largest worker peak RSS"),
+                       ("worker_peak_private_mb", "largest worker peak RSS less shared pages"),
                        ("object_store_peak_mb", "object store peak")):
         memory_axis.plot(targets, [max(s[key], 1e-1) for s in sizes], marker="o", label=label)
     memory_axis.set(xscale="log", yscale="log", xlabel="targets", ylabel="MB", title="memory")

@@ -16,6 +16,10 @@ from unime_ray.training.job import run_training_job
 
 
 def main(argv=None) -> dict:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()  # the entry point connects; the job driver only uses the cluster
     return run_training_job(TrainEmbedderConfig, train_embedder_loop, argv,
                             "UniME-V2 embedder training on Ray Train")
 

@@ -17,6 +17,10 @@ from unime_ray.training.reranker_loop import train_reranker_loop
 
 
 def main(argv=None) -> dict:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()  # the entry point connects; the job driver only uses the cluster
     return run_training_job(TrainRerankerConfig, train_reranker_loop, argv,
                             "UniME-V2 reranker training (pairwise + listwise) on Ray Train")
 

@@ -1,16 +1,34 @@
-"""Evaluation math on hand-built score matrices, the MMEB task reader, the report."""
+"""Evaluation math on hand-built score matrices, the MMEB task reader, the distributed
+ranking against a plain numpy one, the report."""
 
+import itertools
 import json
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from conftest import png_bytes
 
-from unime_ray.eval.evaluate import embedder_order, score_task
+from unime_ray.dataplane.io import read_dataset
+from unime_ray.dataplane.tensors import tensor_column
+from unime_ray.eval.items import unique_items
 from unime_ray.eval.metrics import (aggregate, gold_ranks, mean_reciprocal_rank, precision_at_1, ranks_from_orders,
                                     recall_at_k, task_metrics)
 from unime_ray.eval.report import columns, markdown, write_report
-from unime_ray.eval.tasks import candidate_id, read_tasks
+from unime_ray.eval.rerank_stage import reranked_rank
+from unime_ray.eval.scoring import embedder_order, rank_queries
+from unime_ray.eval.summaries import task_summaries
+from unime_ray.eval.tasks import candidate_id, plan_tasks, query_rows, read_queries
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
 
 
 def test_gold_ranks_count_ties_against_the_gold():
@@ -71,37 +89,139 @@ def _write_tasks(root):
     (root / "tasks.json").write_text(json.dumps({"tasks": {"Colors": "classification"}}))
 
 
+def _plan(root):
+    tasks, rejects = plan_tasks(root)
+    return {t["task"]: t for t in tasks}, rejects
+
+
 def test_reading_mmeb_files(tmp_path):
     _write_tasks(tmp_path)
-    evalset = read_tasks(tmp_path)
-    by_name = {t.name: t for t in evalset.tasks}
-    assert set(by_name) == {"Colors", "MSCOCO_t2i"}  # MMEB's own name needs no tasks.json
-    assert by_name["MSCOCO_t2i"].meta_task == "retrieval" and by_name["Colors"].meta_task == "classification"
-    colors = by_name["Colors"]
-    assert colors.rows == [0, 3] and len(colors.candidate_ids) == 2
+    tasks, task_rejects = _plan(tmp_path)
+    assert set(tasks) == {"Colors", "MSCOCO_t2i"}  # MMEB's own name needs no tasks.json
+    assert tasks["MSCOCO_t2i"]["meta_task"] == "retrieval" and tasks["Colors"]["meta_task"] == "classification"
+    assert [(r["table"], r["row"]) for r in task_rejects] == [("Unknown", None)]
+    assert "unknown meta-task" in task_rejects[0]["reason"]
+    colors = query_rows(tasks["Colors"]).to_pylist()
+    assert [q["row"] for q in colors] == [0, 1, 2, 3] and [q["id"] for q in colors] == [f"q:Colors:{i}" for i in range(4)]
+    reasons = {q["row"]: q["error"] for q in colors if q["error"]}
+    assert reasons[1].startswith("not JSON") and reasons[2] == "2 tgt_text but 1 tgt_img_path" and len(reasons) == 2
+    first, last = colors[0], colors[3]
     # The label set is shared by both queries: each label is one item, embedded once.
-    assert colors.candidate_ids[0][0] == candidate_id("red", "") == colors.candidate_ids[1][1]
-    items = {row["id"]: row for row in evalset.items.to_pylist()}
-    assert items[colors.query_ids[0]]["text"] == "Represent the given image for classification"  # placeholder gone
-    assert items[colors.query_ids[0]]["image_path"] == "img/a.png"
-    reasons = {(r["table"], r["row"]): r["reason"] for r in evalset.rejects}
-    assert reasons[("Colors", 1)].startswith("not JSON")
-    assert reasons[("Colors", 2)] == "2 tgt_text but 1 tgt_img_path"
-    assert "unknown meta-task" in reasons[("Unknown", None)]
-    assert read_tasks(tmp_path, max_queries=1).tasks[0].rows == [0]
+    assert first["candidate_ids"][0] == candidate_id("red", "") == last["candidate_ids"][1]
+    assert first["text"] == "Represent the given image for classification"  # placeholder gone
+    assert first["image_path"] == "img/a.png" and first["candidate_image_paths"] == ["", "", ""]
+    assert [q["row"] for q in query_rows(tasks["Colors"], max_queries=1).to_pylist()] == [0]
     with pytest.raises(ValueError, match="Nope"):
-        read_tasks(tmp_path, names=["Nope"])
+        plan_tasks(tmp_path, names=["Nope"])
 
 
-def test_a_failed_query_is_rejected_and_a_failed_candidate_ranks_last(tmp_path):
+def test_ray_reads_every_task_and_embeds_each_item_once(tmp_path, local_ray):
     _write_tasks(tmp_path)
-    colors = {t.name: t for t in read_tasks(tmp_path).tasks}["Colors"]
-    q0, q1 = colors.query_ids
-    red, blue, green = colors.candidate_ids[0]
-    vectors = {q1: np.array([1.0, 0.0]), blue: np.array([0.0, 1.0]), red: np.array([1.0, 0.0])}
-    kept, scores, rejects = score_task(colors, vectors, {q0: "image: unreadable", green: "boom"})
-    assert kept == [1] and rejects == [{"table": "Colors", "id": q0, "row": 0, "reason": "query: image: unreadable"}]
-    assert scores[0].tolist() == [0.0, 1.0, -np.inf]  # candidates of q1: blue (gold), red, green
+    tasks, _ = plan_tasks(tmp_path)
+    queries = read_queries(tasks)
+    expected = [row for task in tasks for row in query_rows(task).to_pylist()]
+    assert sorted(queries.take_all(), key=lambda q: q["id"]) == sorted(expected, key=lambda q: q["id"])
+    items = unique_items(queries, num_partitions=3).take_all()
+    ids = [item["id"] for item in items]
+    valid = [q for q in expected if q["error"] is None]
+    distinct = {q["id"] for q in valid} | {c for q in valid for c in q["candidate_ids"]}
+    assert len(ids) == len(set(ids)) and set(ids) == distinct
+    assert len(distinct) < len(valid) + sum(len(q["candidate_ids"]) for q in valid)  # shared labels: not trivial
+    red = next(item for item in items if item["id"] == candidate_id("red", ""))
+    assert red["text"] == "red" and red["image_path"] is None  # MMEB's "" is no image
+
+
+def _vector_tasks(root):
+    """Two tasks whose items get hand-picked vectors (``VECTORS``, by text)."""
+    def line(query, targets):
+        return json.dumps({"qry_text": query, "qry_img_path": "", "tgt_text": targets, "tgt_img_path": [""] * len(targets)})
+
+    (root / "Colors.jsonl").write_text("\n".join([
+        line("q-red", ["red", "blue", "green", "grey"]),  # gold best: rank 0
+        line("q-tie", ["blue", "red", "green", "grey"]),  # red ties with the gold blue: rank 1, argmax says 0
+        line("q-far", ["grey", "red", "blue", "green"]),  # ties with two, one above: rank 3
+        line("q-broken", ["red", "blue"]),  # its own embedding failed: rejected
+        line("q-red", ["broken", "red"]),  # gold failed: rejected
+        line("q-far", ["grey", "broken", "unknown"]),  # failed and unknown rank last: 0 (their zero slots would tie)
+    ]) + "\n")
+    (root / "Shapes.jsonl").write_text("\n".join([
+        line("q-far", ["blue", "green", "red"]),  # rank 2
+        line("q-tie", ["green", "blue", "red", "grey", "red"]),  # below blue and two reds: rank 3
+    ]) + "\n")
+    (root / "tasks.json").write_text(json.dumps({"tasks": {"Colors": "classification", "Shapes": "retrieval"}}))
+
+
+VECTORS = {  # exact in float32, so every summation order gives the same scores
+    "q-red": [1.0, 0.0, 0.0], "q-tie": [0.5, 0.5, 0.0], "q-far": [0.0, 0.0, 1.0],
+    "red": [1.0, 0.0, 0.0], "blue": [0.0, 1.0, 0.0], "green": [0.0, 0.5, 0.5], "grey": [-1.0, 0.0, 0.0],
+}
+FAILED = {"q-broken": "image: unreadable", "broken": "embedding failed: boom"}  # "unknown": not embedded at all
+
+
+def _write_embeddings(items: list[dict], path) -> None:
+    kept = [item for item in items if item["text"] != "unknown"]
+    matrix = np.array([VECTORS.get(item["text"], [0.0] * 3) for item in kept], np.float32)  # [items, 3]
+    valid = np.array([item["text"] in VECTORS for item in kept])
+    path.mkdir()
+    pq.write_table(pa.table({"id": [item["id"] for item in kept], "embedding": tensor_column(matrix, "float32", valid),
+                             "error": [FAILED.get(item["text"]) for item in kept]}), path / "part.parquet")
+
+
+def _plain_ranks(query_rows_: list[dict]) -> dict[str, int | str]:
+    """Query id -> the gold's rank by the old per-pair loop, or the reject reason."""
+    found = {}
+    for q in query_rows_:
+        vectors = {t: np.array(v, np.float32) for t, v in VECTORS.items()}
+        failed = next((what for what, text in (("query", q["text"]), ("gold candidate", q["candidate_texts"][0]))
+                       if text not in vectors), None)
+        if failed:
+            text = q["text"] if failed == "query" else q["candidate_texts"][0]
+            found[q["id"]] = f"{failed}: {FAILED.get(text, 'not embedded')}"
+            continue
+        scores = np.array([float(vectors[q["text"]] @ vectors[t]) if t in vectors else -np.inf
+                           for t in q["candidate_texts"]])
+        found[q["id"]] = int(gold_ranks(scores[None])[0])
+    return found
+
+
+def test_distributed_ranking_equals_the_plain_one_ties_included(tmp_path, local_ray):
+    _vector_tasks(tmp_path)
+    tasks, _ = plan_tasks(tmp_path)
+    queries = read_queries(tasks)
+    _write_embeddings(unique_items(queries, num_partitions=3).take_all(), tmp_path / "embeddings")
+    ranked = rank_queries(queries, read_dataset(tmp_path / "embeddings"), top_n=2, num_partitions=3).take_all()
+
+    plain = _plain_ranks([row for task in tasks for row in query_rows(task).to_pylist()])
+    assert {r["id"]: r["rank"] if r["error"] is None else r["error"] for r in ranked} == plain
+    # Not trivial: ranks past the first two, a tie the strict rule counts against the gold
+    # (argmax would give q-tie's gold rank 0), and both kinds of rejects.
+    assert plain["q:Colors:1"] == 1 and plain["q:Colors:2"] == 3 and plain["q:Shapes:0"] == 2
+    assert plain["q:Colors:3"] == "query: image: unreadable" and plain["q:Colors:4"] == "gold candidate: embedding failed: boom"
+    by_id = {r["id"]: r for r in ranked}
+    assert by_id["q:Colors:5"]["rank"] == 0 and by_id["q:Colors:5"]["candidates"] == 3
+    # The reranker gets the embedder's top 2, the gold after the candidate it ties with.
+    assert by_id["q:Colors:1"]["candidate_texts"] == ["red", "blue"]
+    assert by_id["q:Shapes:1"]["candidate_texts"] == ["blue", "red"]
+
+    kept = [r for r in ranked if r["error"] is None]
+    import ray.data
+
+    summaries = task_summaries(ray.data.from_items(kept), [1, 2], num_partitions=3)
+    for task in ("Colors", "Shapes"):
+        ranks = np.array([plain[r["id"]] for r in kept if r["task"] == task])
+        expected = task_metrics(ranks, [1, 2])
+        assert {k: summaries[task][k] for k in expected} == expected
+    assert summaries["Colors"]["n"] == 4 and summaries["Shapes"]["candidates"] == 5
+
+
+def test_reranked_rank_equals_reordering_the_whole_list():
+    for n, top in itertools.product(range(1, 6), range(1, 4)):
+        for rank in range(n):
+            order = list(range(n))  # the embedder's order, gold at ``rank``
+            order[0], order[rank] = order[rank], order[0]
+            for head in itertools.permutations(range(min(top, n))):
+                new_order = [order[i] for i in head] + order[len(head):]
+                assert reranked_rank(rank, list(head)) == ranks_from_orders([new_order])[0]
 
 
 def test_report_puts_runs_side_by_side(tmp_path):

@@ -60,7 +60,7 @@ class EmbedUDF:
 def embed_dataset(ds, embed, image_root: str | None, max_pixels: int):
     """``ds``'s item rows embedded by an actor pool (lazy). ``embed`` is an ``EmbedConfig``."""
     stage = ActorStage.from_config(embed)
-    return ds.map_batches(
+    return stage.blocks(ds).map_batches(
         EmbedUDF,
         fn_constructor_kwargs={"model": embed.model, "device": embed.device, "dtype": embed.dtype,
                                "image_root": image_root, "max_pixels": max_pixels,

@@ -40,7 +40,9 @@ def write_dataset(ds, path: str | Path, schema: pa.Schema | None = None) -> int:
     ``path`` always find a table.
     """
     path = Path(path)
-    ds.write_parquet(str(path))
+    # A group-by's output block holds a chunk per group; Parquet would store each as a row group.
+    whole = ds.map_batches(lambda block: block.combine_chunks(), batch_format="pyarrow", batch_size=None)
+    whole.write_parquet(str(path))
     if not path.exists() or not parquet_files(path):
         if schema is None:
             raise ValueError(f"nothing was written to {path} and no schema was given for an empty table")

@@ -50,6 +50,13 @@ class ActorStage:
     def from_config(cls, config) -> "ActorStage":
         return cls(config.num_actors, config.num_cpus, config.num_gpus, config.batch_size)
 
+    def blocks(self, ds, batches_per_block: int = 4):
+        """``ds`` in blocks of a few batches. Ray Data gives an actor a whole block per task:
+        a read of many small files can arrive as one block of the whole table, which one
+        actor would then process alone, holding all of it. Small blocks keep every actor
+        busy and each one's memory that of a few batches."""
+        return ds.repartition(target_num_rows_per_block=self.batch_size * batches_per_block)
+
     def map_batches_kwargs(self) -> dict[str, Any]:
         import ray.data
 

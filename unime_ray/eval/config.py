@@ -6,7 +6,7 @@ from pydantic import Field
 
 from unime_ray.config import StrictModel
 from unime_ray.data.images import DEFAULT_MAX_PIXELS
-from unime_ray.mining.config import ActorConfig, EmbedConfig
+from unime_ray.dataplane.config import ActorConfig, EmbedConfig
 from unime_ray.models.settings import RerankSettings
 
 
@@ -24,9 +24,12 @@ class RerankConfig(ActorConfig, RerankSettings):
 
 
 class EvalConfig(StrictModel):
-    output_dir: str = Field("out/eval", description="results.json, results.md, results.png, rejects.parquet")
+    output_dir: str = Field(
+        "out/eval", description="results.json, results.md, results.png, rejects.parquet/; embeddings/ and stages/")
     tasks: TasksConfig = TasksConfig()
     embed: EmbedConfig = EmbedConfig()
     rerank: RerankConfig = RerankConfig()
     recall_ks: list[int] = Field([5, 10], description="Recall@k reported for each k")
     label: str | None = Field(None, description="name of this run in tables and comparisons; default: the model dir")
+    shuffle_partitions: int = Field(
+        4, ge=1, description="hash partitions of the Ray Data joins and group-bys (cluster: about 2x the CPUs)")

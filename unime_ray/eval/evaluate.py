@@ -1,98 +1,75 @@
 """The evaluation job (METHOD.md section 6): embed, rank, optionally rerank, score.
 
-1. Every query and every distinct candidate of every task is embedded once, by a Ray
-   Data actor pool (the mining job's embed stage).
-2. Each query ranks its own candidate list by cosine similarity; the gold's rank gives
-   Precision@1, Recall@k and MRR per task, per meta-task and overall.
+1. The task files are read by Ray Data tasks, one per task, into query rows
+   (``OUT/stages/queries``); every query and every distinct candidate is embedded once
+   by the shared embed stage (``OUT/embeddings``).
+2. Each query ranks its own candidate list by cosine similarity, in a join of its
+   (query, candidate) rows with the embeddings and a group-by on the query
+   (``OUT/stages/ranked``); a group-by on the task turns the gold's ranks into
+   Precision@1, Recall@k and MRR per task, then per meta-task and overall.
 3. With ``rerank.model``, the embedder's top ``rerank.top_n`` of each query go through
-   the reranker (another actor pool) and the same metrics are computed on the new order.
+   the reranker (another actor pool, ``OUT/stages/reranked``) and the same metrics are
+   computed on the new order.
 
 A query whose image cannot be read, or whose gold cannot be embedded, is rejected with
-its reason (``rejects.parquet``) and left out of ``n``; a candidate that fails ranks last.
+its reason and left out of ``n``; a candidate that fails ranks last. Rejects are written
+by the workers that find them (``OUT/rejects.parquet/``, shards). The driver holds the
+plan, row counts and one summary row per task; the caller connects to Ray.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from unime_ray.data.corpus import rejects_table
+from unime_ray.data.corpus import REJECT_SCHEMA, rejects_table
+from unime_ray.dataplane.embed_stage import embed_dataset
+from unime_ray.dataplane.io import count_rows, publish, read_dataset, rows_where_error, write_dataset
 from unime_ray.eval.config import EvalConfig
-from unime_ray.eval.metrics import aggregate, gold_ranks, ranks_from_orders, task_metrics
+from unime_ray.eval.items import unique_items
+from unime_ray.eval.metrics import aggregate, task_metrics
+from unime_ray.eval.rerank_stage import rerank_dataset, rerank_outcomes
 from unime_ray.eval.report import columns, write_report
-from unime_ray.eval.tasks import EvalSet, EvalTask, read_tasks
-from unime_ray.dataplane.stages import ITEM_COLUMNS, ActorStage, embed_dataset
+from unime_ray.eval.scoring import RANKED_SCHEMA, rank_queries
+from unime_ray.eval.summaries import task_summaries
+from unime_ray.eval.tasks import QUERY_SCHEMA, plan_tasks, read_queries
 
 logger = logging.getLogger(__name__)
 
-
-def embedder_order(scores: np.ndarray) -> list[int]:
-    """Candidates by descending score; the gold (index 0) after any candidate it ties with,
-    as ``gold_ranks`` counts it."""
-    is_gold = np.zeros(len(scores), dtype=bool)
-    is_gold[0] = True
-    return np.lexsort((is_gold, -scores)).tolist()
+STAGE_DIRS = ("stages", "embeddings")  # this job's own outputs, cleared before a run
 
 
-def score_task(task: EvalTask, vectors: dict[str, np.ndarray], errors: dict[str, str]) -> tuple[list[int], list[np.ndarray], list[dict]]:
-    """(kept query positions, each kept query's candidate scores, rejects)."""
-    kept, scores, rejects = [], [], []
-    for position, (query_id, candidate_ids) in enumerate(zip(task.query_ids, task.candidate_ids)):
-        failed = query_id if query_id not in vectors else candidate_ids[0] if candidate_ids[0] not in vectors else None
-        if failed is not None:
-            what = "query" if failed == query_id else "gold candidate"
-            rejects.append({"table": task.name, "id": query_id, "row": task.rows[position],
-                            "reason": f"{what}: {errors.get(failed, 'not embedded')}"})
-            continue
-        query = vectors[query_id]
-        # A candidate that failed to embed ranks below every other one.
-        scores.append(np.array([float(query @ vectors[c]) if c in vectors else -np.inf for c in candidate_ids]))
-        kept.append(position)
-    return kept, scores, rejects
+def as_rejects(batch: pa.Table) -> pa.Table:
+    """Rows with ``task``, ``id``, ``row`` and a set ``error`` -> reject rows."""
+    batch = batch.filter(batch["error"].is_valid())
+    return pa.Table.from_arrays([batch["task"], batch["id"], batch["row"], batch["error"]], schema=REJECT_SCHEMA)
 
 
-def summarize(per_task: dict[str, dict]) -> dict:
-    meta, overall = aggregate(per_task)
-    return {"tasks": per_task, "meta_tasks": meta, "overall": overall}
+def write_rejects(ds, path: Path) -> int:
+    return write_dataset(ds.map_batches(as_rejects, batch_format="pyarrow"), path, REJECT_SCHEMA)
 
 
-def rerank_rows(evalset: EvalSet, ranked: dict[str, tuple[EvalTask, list[int], list[list[int]]]], top_n: int) -> pa.Table:
-    """One row per kept query: its item columns and its top ``top_n`` candidates."""
-    items = {row["id"]: row for row in evalset.items.to_pylist()}
-    rows = []
-    for task, kept, orders in ranked.values():
-        for position, order in zip(kept, orders):
-            query = items[task.query_ids[position]]
-            head = [items[task.candidate_ids[position][i]] for i in order[:top_n]]
-            rows.append({**{k: query[k] for k in ITEM_COLUMNS},
-                         "candidate_texts": [c["text"] or "" for c in head],
-                         "candidate_image_paths": [c["image_path"] or "" for c in head]})
-    schema = pa.schema([*(evalset.items.schema.field(k) for k in ITEM_COLUMNS),
-                        pa.field("candidate_texts", pa.list_(pa.string())),
-                        pa.field("candidate_image_paths", pa.list_(pa.string()))])
-    return pa.Table.from_pylist(rows, schema=schema)
+def per_task(tasks: list[dict], summaries: dict[str, dict], ks: list[int], with_candidates: bool) -> dict[str, dict]:
+    """Every planned task's entry in results.json, in plan order; a task whose queries were
+    all rejected (no summary row) gets ``n`` 0 and no metrics."""
+    keys = list(task_metrics([], ks))
+    entries = {}
+    for task in tasks:
+        summary = summaries.get(task["task"], {**task_metrics([], ks), "candidates": 0})
+        entries[task["task"]] = {"meta_task": task["meta_task"], **{k: summary[k] for k in keys},
+                                 **({"candidates": summary["candidates"]} if with_candidates else {})}
+    return entries
 
 
-def rerank(config: EvalConfig, rows: pa.Table, image_root: str, out: Path) -> dict[str, dict]:
-    """Query id -> {"order": [...], "fallback": bool, "error": str | None}."""
-    from unime_ray.eval.rerank_stage import RerankUDF
-    from unime_ray.models.settings import RerankSettings
-
-    r = config.rerank
-    settings = r.model_dump(include=set(RerankSettings.model_fields), mode="json")
-    stage = ActorStage.from_config(r)
-    stage.dataset(rows).map_batches(
-        RerankUDF,
-        fn_constructor_kwargs={"settings": settings, "image_root": image_root,
-                               "max_pixels": config.tasks.max_image_pixels, "torch_threads": r.torch_threads},
-        **stage.map_batches_kwargs()).write_parquet(str(out / "reranked"))
-    return {row["id"]: row for row in pq.read_table(out / "reranked").to_pylist()}
+def summarize(tasks: dict[str, dict]) -> dict:
+    meta, overall = aggregate(tasks)
+    return {"tasks": tasks, "meta_tasks": meta, "overall": overall}
 
 
 def absolute_paths(config: EvalConfig) -> None:
@@ -106,60 +83,80 @@ def absolute_paths(config: EvalConfig) -> None:
             section.model = str(Path(section.model).resolve())
 
 
-def run_evaluation(config: EvalConfig) -> dict:
-    """Evaluate and write OUT/results.json, results.md, results.png and rejects.parquet."""
-    import ray
+def read_and_embed(config: EvalConfig, tasks: list[dict], out: Path, image_root: str) -> dict[str, int]:
+    """``stages/queries`` (and the malformed rows' rejects), then ``embeddings``. Row counts."""
+    queries_dir = out / "stages" / "queries"
+    counts = {"queries": write_dataset(read_queries(tasks, config.tasks.max_queries), queries_dir, QUERY_SCHEMA)}
+    queries = read_dataset(queries_dir)
+    counts["malformed"] = write_rejects(queries, out / "stages" / "rejects" / "read")
+    items = unique_items(queries, config.shuffle_partitions)
+    embedded = embed_dataset(items, config.embed, image_root, config.tasks.max_image_pixels)
+    counts["items"] = write_dataset(embedded.select_columns(["id", "embedding", "error"]), out / "embeddings")
+    logger.info("%d queries read (%d malformed), %d distinct items embedded", counts["queries"], counts["malformed"],
+                counts["items"])
+    return counts
 
+
+def rank(config: EvalConfig, out: Path) -> dict[str, int]:
+    """``stages/ranked`` (and the rejected queries' rejects). Row counts."""
+    ranked_dir = out / "stages" / "ranked"
+    ranked = rank_queries(read_dataset(out / "stages" / "queries"), read_dataset(out / "embeddings"),
+                          config.rerank.top_n, config.shuffle_partitions)
+    counts = {"ranked": write_dataset(ranked, ranked_dir, RANKED_SCHEMA)}
+    counts["rejected"] = write_rejects(read_dataset(ranked_dir), out / "stages" / "rejects" / "rank")
+    logger.info("%d queries ranked, %d of them rejected", counts["ranked"], counts["rejected"])
+    return counts
+
+
+def rerank(config: EvalConfig, tasks: list[dict], kept, out: Path, image_root: str) -> dict:
+    """The reranker over the kept ranked rows (``stages/reranked``): results.json's
+    ``reranked`` entry."""
+    r, reranked_dir = config.rerank, out / "stages" / "reranked"
+    reranked = rerank_dataset(kept, r, image_root, config.tasks.max_image_pixels)
+    write_dataset(reranked.drop_columns(["candidate_texts", "candidate_image_paths"]), reranked_dir)
+    reranked = read_dataset(reranked_dir, columns=["task", "meta_task", "rank", "candidates", "fallback", "error"])
+    outcomes = reranked.map_batches(rerank_outcomes, batch_format="pyarrow").sum(["fallbacks", "errors"]) or {}
+    summaries = task_summaries(reranked, config.recall_ks, config.shuffle_partitions)
+    return {"model": r.model, "backend": r.backend, "mode": r.mode, "top_n": r.top_n,
+            **summarize(per_task(tasks, summaries, config.recall_ks, with_candidates=False)),
+            "fallbacks": int(outcomes.get("sum(fallbacks)") or 0), "errors": int(outcomes.get("sum(errors)") or 0)}
+
+
+def run_evaluation(config: EvalConfig) -> dict:
+    """Evaluate and write OUT/results.json, results.md, results.png and rejects.parquet/.
+    Needs a Ray connection (the job's entry point makes it)."""
     absolute_paths(config)
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    for name in STAGE_DIRS:  # Parquet writes append: an earlier run's shards would be read again
+        shutil.rmtree(out / name, ignore_errors=True)
     image_root = config.tasks.image_root or config.tasks.path
-    started = time.perf_counter()
-    evalset = read_tasks(config.tasks.path, config.tasks.names, config.tasks.max_queries)
-    logger.info("%d tasks, %d items to embed, %d rows rejected on reading", len(evalset.tasks),
-                evalset.items.num_rows, len(evalset.rejects))
-    if not ray.is_initialized():
-        ray.init()
-    embed_dataset(evalset.items, config.embed, image_root, config.tasks.max_image_pixels).write_parquet(
-        str(out / "embeddings"))
-    embedded = pq.read_table(out / "embeddings").to_pylist()
-    vectors = {row["id"]: np.asarray(row["embedding"], np.float32) for row in embedded if row["embedding"] is not None}
-    errors = {row["id"]: row["error"] for row in embedded if row["error"]}
-    seconds = {"embed": time.perf_counter() - started}
 
-    rejects, per_task, ranked = list(evalset.rejects), {}, {}
-    for task in evalset.tasks:
-        kept, scores, task_rejects = score_task(task, vectors, errors)
-        rejects += task_rejects
-        ranks = gold_ranks(np.stack(scores)) if scores and len({len(s) for s in scores}) == 1 else \
-            np.array([int(gold_ranks(s[None])[0]) for s in scores], dtype=np.int64)
-        per_task[task.name] = {"meta_task": task.meta_task, **task_metrics(ranks, config.recall_ks),
-                               "candidates": max((len(s) for s in scores), default=0)}
-        ranked[task.name] = (task, kept, [embedder_order(s) for s in scores])
+    started = time.perf_counter()
+    tasks, task_rejects = plan_tasks(config.tasks.path, config.tasks.names)
+    (out / "stages" / "rejects" / "tasks").mkdir(parents=True)
+    pq.write_table(rejects_table(task_rejects), out / "stages" / "rejects" / "tasks" / "tasks.parquet")
+    read_and_embed(config, tasks, out, image_root)
+    seconds = {"embed": time.perf_counter() - started}
+    started = time.perf_counter()
+    counts = rank(config, out)
+    kept = rows_where_error(read_dataset(out / "stages" / "ranked"), failed=False)
+    summaries = task_summaries(kept, config.recall_ks, config.shuffle_partitions)
+    seconds["rank"] = time.perf_counter() - started
+    rejects = publish({name: out / "stages" / "rejects" / name for name in ("tasks", "read", "rank")},
+                      out / "rejects.parquet")
     results = {"label": config.label or Path(config.embed.model).name, "model": config.embed.model,
-               **summarize(per_task), "rejected": len(rejects)}
+               **summarize(per_task(tasks, summaries, config.recall_ks, with_candidates=True)),
+               "rejected": count_rows(rejects)}
 
     if config.rerank.model:
         started = time.perf_counter()
-        reranked = rerank(config, rerank_rows(evalset, ranked, config.rerank.top_n), image_root, out)
-        per_task_reranked = {}
-        for name, (task, kept, orders) in ranked.items():
-            new_orders = []
-            for position, order in zip(kept, orders):
-                head = reranked[task.query_ids[position]]["order"]
-                new_orders.append([order[i] for i in head] + order[len(head):])
-            per_task_reranked[name] = {"meta_task": task.meta_task,
-                                       **task_metrics(ranks_from_orders(new_orders), config.recall_ks)}
-        results["reranked"] = {"model": config.rerank.model, "backend": config.rerank.backend,
-                               "mode": config.rerank.mode, "top_n": config.rerank.top_n, **summarize(per_task_reranked),
-                               "fallbacks": sum(bool(row["fallback"]) for row in reranked.values()),
-                               "errors": sum(bool(row["error"]) for row in reranked.values())}
+        results["reranked"] = rerank(config, tasks, kept, out, image_root)
         seconds["rerank"] = time.perf_counter() - started
 
     results["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
     results["files"] = write_report(columns(results), out, "results")
-    pq.write_table(rejects_table(rejects), out / "rejects.parquet")
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    logger.info("overall precision@1 %s%s", results["overall"],
-                f", reranked {results['reranked']['overall']}" if "reranked" in results else "")
+    logger.info("overall precision@1 %s%s (%d queries ranked, %d rejected)", results["overall"],
+                f", reranked {results['reranked']['overall']}" if "reranked" in results else "",
+                counts["ranked"] - counts["rejected"], results["rejected"])
     return results

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from unime_ray.data.images import ImageError
-from unime_ray.dataplane.stages import ITEM_COLUMNS, require_columns, row_item
+from unime_ray.dataplane.stages import ITEM_COLUMNS, ActorStage, require_columns, row_item, set_column
 from unime_ray.models.inputs import Item, load_item
 
 
 class RerankUDF:
     """Rows (the query's item columns, ``candidate_texts``, ``candidate_image_paths`` in the
-    embedder's order) -> ``id``, ``order`` (candidate indices, best first), ``fallback``
-    and ``error``; a row that fails keeps the embedder's order."""
+    embedder's order) -> the same rows plus ``order`` (candidate indices, best first),
+    ``fallback`` and ``error``; a row that fails keeps the embedder's order."""
 
     INPUT_COLUMNS = ITEM_COLUMNS + ("candidate_texts", "candidate_image_paths")
 
@@ -31,7 +32,7 @@ class RerankUDF:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         require_columns(batch, self.INPUT_COLUMNS, "rerank")
-        rows = batch.to_pylist()
+        rows = batch.select(list(self.INPUT_COLUMNS)).to_pylist()
         orders = [list(range(len(row["candidate_texts"]))) for row in rows]
         fallbacks, errors = [False] * len(rows), [None] * len(rows)
         requests, owners = [], []
@@ -43,9 +44,40 @@ class RerankUDF:
                 errors[r] = f"image: {error}"
         for r, ranking in zip(owners, self.reranker.rerank_batch(requests) if requests else []):
             orders[r], fallbacks[r], errors[r] = ranking.order, ranking.fallback, ranking.error
-        return pa.table({
-            "id": batch.column("id"),
-            "order": pa.array(orders, pa.list_(pa.int64())),
-            "fallback": pa.array(fallbacks, pa.bool_()),
-            "error": pa.array(errors, pa.string()),
-        })
+        batch = set_column(batch, "order", pa.array(orders, pa.list_(pa.int64())))
+        batch = set_column(batch, "fallback", pa.array(fallbacks, pa.bool_()))
+        return set_column(batch, "error", pa.array(errors, pa.string()))
+
+
+def reranked_rank(rank: int, order: list[int]) -> int:
+    """The gold's new 0-based rank: the embedder put it at ``rank``, and the reranker
+    reordered the embedder's first ``len(order)`` candidates (``order`` is a permutation
+    of ``range(len(order))``, best first)."""
+    return order.index(rank) if rank < len(order) else rank
+
+
+def with_reranked_ranks(batch: pa.Table) -> pa.Table:
+    """Reranked rows -> the same rows, ``embedder_rank`` keeping the embedder's ``rank``."""
+    ranks = [reranked_rank(rank, order) for rank, order in zip(batch["rank"].to_pylist(), batch["order"].to_pylist())]
+    batch = set_column(batch, "embedder_rank", batch["rank"])
+    return set_column(batch, "rank", pa.array(ranks, pa.int64()))
+
+
+def rerank_outcomes(batch: pa.Table) -> pa.Table:
+    """Reranked rows -> ``fallbacks`` and ``errors`` as 0/1, to be summed."""
+    return pa.table({"fallbacks": pc.cast(batch["fallback"], pa.int64()),
+                     "errors": pc.cast(batch["error"].is_valid(), pa.int64())})
+
+
+def rerank_dataset(ranked, config, image_root: str | None, max_pixels: int):
+    """The kept ``ranked`` rows (``scoring.RANKED_SCHEMA``) through the reranker's actor
+    pool, with their reranked ``rank`` (lazy). ``config`` is a ``RerankConfig``."""
+    from unime_ray.models.settings import RerankSettings
+
+    settings = config.model_dump(include=set(RerankSettings.model_fields), mode="json")
+    stage = ActorStage.from_config(config)
+    return stage.blocks(ranked).map_batches(
+        RerankUDF,
+        fn_constructor_kwargs={"settings": settings, "image_root": image_root, "max_pixels": max_pixels,
+                               "torch_threads": config.torch_threads},
+        **stage.map_batches_kwargs()).map_batches(with_reranked_ranks, batch_format="pyarrow")

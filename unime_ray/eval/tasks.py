@@ -1,4 +1,4 @@
-"""MMEB-eval task files -> queries, candidate lists and one table of unique items.
+"""MMEB-eval task files -> one row per query, with its candidate list.
 
 A task is ``DIR/{task}.jsonl``, ``DIR/{task}.parquet`` or ``DIR/{task}/*.parquet`` (the
 layout of the published MMEB-eval), one query per row:
@@ -10,6 +10,10 @@ Image paths are relative to the image root. Each task's meta-task comes from
 ``DIR/tasks.json`` (``{"tasks": {name: meta_task}}``) or, for MMEB's own 36 tasks, from
 the table below. A malformed row is rejected with its task, row number and reason, and
 the rest of the task is evaluated.
+
+The driver only plans (``plan_tasks``: names, meta-tasks, files). Each task is then read
+by one Ray Data task (``read_queries``): its rows are numbered across its files, so one
+task's files stay with one reader; nothing of a task reaches the driver.
 """
 
 from __future__ import annotations
@@ -17,13 +21,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from unime_ray.data.corpus import TARGET_SCHEMA
 from unime_ray.data.unime_json import strip_placeholder
 from unime_ray.eval.metrics import META_TASKS
 
@@ -38,22 +40,6 @@ MMEB_META_TASKS = {
                      "WebQA", "FashionIQ", "Wiki-SS-NQ", "OVEN", "EDIS"], "retrieval"),
     **dict.fromkeys(["MSCOCO", "RefCOCO", "RefCOCO-Matching", "Visual7W-Pointing"], "grounding"),
 }
-
-
-@dataclass
-class EvalTask:
-    name: str
-    meta_task: str
-    query_ids: list[str] = field(default_factory=list)
-    candidate_ids: list[list[str]] = field(default_factory=list)  # per query, gold first
-    rows: list[int] = field(default_factory=list)  # each query's row in the task file
-
-
-@dataclass
-class EvalSet:
-    tasks: list[EvalTask]
-    items: pa.Table  # id, instruction, text, image, image_path: every query and distinct candidate once
-    rejects: list[dict]  # table (task), id, row, reason
 
 
 def task_files(directory: Path) -> dict[str, list[Path]]:
@@ -115,7 +101,19 @@ def candidate_id(text: str, image_path: str) -> str:
     return "c:" + hashlib.sha1(f"{text}\x00{image_path}".encode()).hexdigest()[:16]
 
 
-def read_tasks(path: str | Path, names: list[str] | None = None, max_queries: int | None = None) -> EvalSet:
+QUERY_SCHEMA = pa.schema([
+    pa.field("task", pa.string()), pa.field("meta_task", pa.string()), pa.field("row", pa.int64()),
+    pa.field("id", pa.string()), pa.field("text", pa.string()), pa.field("image_path", pa.string()),
+    # Gold first, in the file's order; ids are content ids (``candidate_id``).
+    pa.field("candidate_ids", pa.list_(pa.string())), pa.field("candidate_texts", pa.list_(pa.string())),
+    pa.field("candidate_image_paths", pa.list_(pa.string())),
+    pa.field("error", pa.string()),  # why the row is malformed; then the candidate columns are null
+])
+
+
+def plan_tasks(path: str | Path, names: list[str] | None = None) -> tuple[list[dict], list[dict]]:
+    """(tasks to read: ``task``, ``meta_task``, ``files``; rejects of tasks with no
+    meta-task). Per task, so small: the driver makes it."""
     directory = Path(path)
     if not directory.is_dir():
         raise FileNotFoundError(f"tasks directory {directory} not found (build one: python -m unime_ray.eval.build_mini DIR)")
@@ -123,29 +121,45 @@ def read_tasks(path: str | Path, names: list[str] | None = None, max_queries: in
     missing = sorted(set(names or []) - set(files))
     if missing:
         raise ValueError(f"tasks {missing} not in {directory} (found {sorted(files)})")
-    tasks, rejects, items = [], [], {}
+    tasks, rejects = [], []
     for name in names or sorted(files):
         if name not in metas:
             rejects.append({"table": name, "id": None, "row": None,
                             "reason": f"unknown meta-task: declare {name!r} in {directory / 'tasks.json'}"})
             logger.warning("skipping task %s: no meta-task", name)
             continue
-        task = EvalTask(name, metas[name])
-        for number, row in enumerate(read_rows(files[name])[:max_queries]):
-            query_id = f"q:{name}:{number}"
-            try:
-                text, image_path, candidates = check_row(row)
-            except ValueError as error:
-                rejects.append({"table": name, "id": query_id, "row": number, "reason": str(error)})
-                continue
-            items[query_id] = {"id": query_id, "text": text, "image_path": image_path or None}
-            ids = []
-            for candidate_text, candidate_image in candidates:
-                ids.append(candidate_id(candidate_text, candidate_image))
-                items.setdefault(ids[-1], {"id": ids[-1], "text": candidate_text, "image_path": candidate_image or None})
-            task.query_ids.append(query_id)
-            task.candidate_ids.append(ids)
-            task.rows.append(number)
-        tasks.append(task)
-    table = pa.Table.from_pylist(list(items.values()), schema=TARGET_SCHEMA)
-    return EvalSet(tasks, table, rejects)
+        tasks.append({"task": name, "meta_task": metas[name], "files": [str(f) for f in files[name]]})
+    return tasks, rejects
+
+
+def query_rows(task: dict, max_queries: int | None = None) -> pa.Table:
+    """One planned task's file rows -> one ``QUERY_SCHEMA`` row per query; a malformed row
+    keeps its number and says why in ``error``."""
+    rows = []
+    for number, row in enumerate(read_rows([Path(f) for f in task["files"]])[:max_queries]):
+        query = {"task": task["task"], "meta_task": task["meta_task"], "row": number,
+                 "id": f"q:{task['task']}:{number}"}
+        try:
+            text, image_path, candidates = check_row(row)
+        except ValueError as error:
+            rows.append({**query, "error": str(error)})
+            continue
+        rows.append({**query, "text": text, "image_path": image_path or None,
+                     "candidate_ids": [candidate_id(t, i) for t, i in candidates],
+                     "candidate_texts": [t for t, _ in candidates], "candidate_image_paths": [i for _, i in candidates]})
+    return pa.Table.from_pylist(rows, schema=QUERY_SCHEMA)
+
+
+def _read_batch(batch: pa.Table, max_queries: int | None) -> pa.Table:
+    tables = [query_rows(task, max_queries) for task in batch.to_pylist()]
+    return pa.concat_tables(tables) if tables else QUERY_SCHEMA.empty_table()
+
+
+def read_queries(tasks: list[dict], max_queries: int | None = None):
+    """The planned tasks' query rows (``QUERY_SCHEMA``) as a Dataset, one read task per task."""
+    import ray.data
+
+    if not tasks:
+        return ray.data.from_arrow(QUERY_SCHEMA.empty_table())
+    return ray.data.from_items(tasks, override_num_blocks=len(tasks)).map_batches(
+        _read_batch, fn_kwargs={"max_queries": max_queries}, batch_size=1, batch_format="pyarrow")

@@ -106,7 +106,7 @@ def stage_pairs(config: MineConfig, corpus_dir: Path, retrieve_dir: Path, out: P
 def stage_judge(config: MineConfig, pairs_dir: Path, image_root: str | None, out: Path) -> dict:
     j = config.judge
     stage = ActorStage.from_config(j)
-    judged = read_dataset(pairs_dir / "rows").map_batches(
+    judged = stage.blocks(read_dataset(pairs_dir / "rows")).map_batches(
         JudgeUDF,
         fn_constructor_kwargs={"backend": j.backend, "image_root": image_root,
                                "max_pixels": config.corpus.max_image_pixels, "torch_threads": j.torch_threads,

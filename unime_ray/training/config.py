@@ -11,8 +11,12 @@ from unime_ray.training.lora import LoraSettings
 
 
 class DataSettings(StrictModel):
-    mined: str = Field("out/mine/mined.parquet", description="mined records (the mining job's mined.parquet)")
-    image_root: str | None = Field(None, description="root of the records' image paths; default: the file's directory")
+    mined: str = Field("out/mine/mined.parquet",
+                       description="mined records: the mining job's mined.parquet (a directory of shards, or a file)")
+    image_root: str | None = Field(None, description="root of the records' image paths; default: the mining output dir")
+    shuffle: Literal["global", "local"] = Field(
+        "global", description="global: a seeded Ray Data random_shuffle before the workers' split, so batches mix "
+                              "tasks; local: only each worker's shuffle buffer")
 
 
 class ScalingSettings(StrictModel):

@@ -30,38 +30,48 @@ def absolute_paths(cfg: TrainJobConfig) -> None:
 
 
 def check_negatives(mined: str, needed: int) -> None:
-    """Fail before any worker starts if the records have fewer negatives than training uses."""
+    """Fail before any worker starts if the records have fewer negatives than training uses
+    (a Ray Data aggregate: only the minimum reaches the driver)."""
+    import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
+    import ray.data
 
-    negatives = pq.read_table(mined, columns=["neg_ids"]).column("neg_ids")
-    fewest = (pc.min(pc.list_value_length(negatives)).as_py() if len(negatives) else 0) or 0
+    counts = ray.data.read_parquet(mined, columns=["neg_ids"]).map_batches(
+        lambda batch: pa.table({"negatives": pc.list_value_length(batch["neg_ids"])}), batch_format="pyarrow")
+    fewest = counts.min("negatives") or 0
     if needed > fewest:
         raise SystemExit(f"{mined} has records with {fewest} negatives; this training needs {needed} "
                          "(mine with a larger select.k)")
 
 
+def records_dataset(cfg: TrainJobConfig):
+    """The mined records as a Ray Dataset. Mining writes them grouped by query hash, and a
+    corpus is often task after task: with ``data.shuffle=global`` a seeded Ray Data
+    ``random_shuffle`` mixes them before Ray Train splits them over the workers. The seed is
+    fixed, so every epoch's pass (Ray Train re-runs the dataset per epoch) and a resumed run
+    see the same global order; each epoch then differs through the workers' seeded local
+    buffers (``records.record_batches``)."""
+    import ray.data
+
+    dataset = ray.data.read_parquet(cfg.data.mined, columns=RECORD_COLUMNS)
+    return dataset.random_shuffle(seed=cfg.seed) if cfg.data.shuffle == "global" else dataset
+
+
 def run_training_job(config_class: type[TrainJobConfig], loop: Callable[[dict], None], argv=None,
                      description: str = "") -> dict:
     """Parse the config, train on Ray Train, export the merged model; returns the summary
-    also written to OUT/train_summary.json."""
-    import ray
-    import ray.data
-
+    also written to OUT/train_summary.json. Runs on the connected Ray cluster."""
     from unime_ray.training.lora import export_merged
     from unime_ray.training.runner import build_trainer, latest_checkpoint_dir
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = parse_job_args(config_class, argv, description=description)
     logger.info("config:\n%s", dump_config(cfg))
-    if not ray.is_initialized():
-        ray.init()
     absolute_paths(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     check_negatives(cfg.data.mined, cfg.negatives_needed)
-    dataset = ray.data.read_parquet(cfg.data.mined, columns=RECORD_COLUMNS)
-    result = build_trainer(loop, cfg, dataset).fit()
+    result = build_trainer(loop, cfg, records_dataset(cfg)).fit()
     summary = {"metrics": result.metrics, "checkpoint": str(latest_checkpoint_dir(result))}
     if cfg.export:
         adapter = latest_checkpoint_dir(result) / "adapter"
