@@ -89,20 +89,17 @@ def _write_tasks(root):
     (root / "tasks.json").write_text(json.dumps({"tasks": {"Colors": "classification"}}))
 
 
-def _plan(root):
-    tasks, rejects = plan_tasks(root)
-    return {t["task"]: t for t in tasks}, rejects
-
-
 def test_reading_mmeb_files(tmp_path):
     _write_tasks(tmp_path)
-    tasks, task_rejects = _plan(tmp_path)
+    planned, task_rejects = plan_tasks(tmp_path)
+    tasks = {t["task"]: t for t in planned}
     assert set(tasks) == {"Colors", "MSCOCO_t2i"}  # MMEB's own name needs no tasks.json
     assert tasks["MSCOCO_t2i"]["meta_task"] == "retrieval" and tasks["Colors"]["meta_task"] == "classification"
     assert [(r["table"], r["row"]) for r in task_rejects] == [("Unknown", None)]
     assert "unknown meta-task" in task_rejects[0]["reason"]
     colors = query_rows(tasks["Colors"]).to_pylist()
-    assert [q["row"] for q in colors] == [0, 1, 2, 3] and [q["id"] for q in colors] == [f"q:Colors:{i}" for i in range(4)]
+    assert [q["row"] for q in colors] == [0, 1, 2, 3]
+    assert [q["id"] for q in colors] == [f"q:Colors:{i}" for i in range(4)]
     reasons = {q["row"]: q["error"] for q in colors if q["error"]}
     assert reasons[1].startswith("not JSON") and reasons[2] == "2 tgt_text but 1 tgt_img_path" and len(reasons) == 2
     first, last = colors[0], colors[3]
@@ -134,7 +131,8 @@ def test_ray_reads_every_task_and_embeds_each_item_once(tmp_path, local_ray):
 def _vector_tasks(root):
     """Two tasks whose items get hand-picked vectors (``VECTORS``, by text)."""
     def line(query, targets):
-        return json.dumps({"qry_text": query, "qry_img_path": "", "tgt_text": targets, "tgt_img_path": [""] * len(targets)})
+        return json.dumps({"qry_text": query, "qry_img_path": "", "tgt_text": targets,
+                           "tgt_img_path": [""] * len(targets)})
 
     (root / "Colors.jsonl").write_text("\n".join([
         line("q-red", ["red", "blue", "green", "grey"]),  # gold best: rank 0
@@ -169,14 +167,13 @@ def _write_embeddings(items: list[dict], path) -> None:
 
 def _plain_ranks(query_rows_: list[dict]) -> dict[str, int | str]:
     """Query id -> the gold's rank by the old per-pair loop, or the reject reason."""
-    found = {}
+    found, vectors = {}, {text: np.array(v, np.float32) for text, v in VECTORS.items()}
     for q in query_rows_:
-        vectors = {t: np.array(v, np.float32) for t, v in VECTORS.items()}
-        failed = next((what for what, text in (("query", q["text"]), ("gold candidate", q["candidate_texts"][0]))
-                       if text not in vectors), None)
-        if failed:
-            text = q["text"] if failed == "query" else q["candidate_texts"][0]
-            found[q["id"]] = f"{failed}: {FAILED.get(text, 'not embedded')}"
+        missing = [(what, text) for what, text in (("query", q["text"]), ("gold candidate", q["candidate_texts"][0]))
+                   if text not in vectors]
+        if missing:
+            what, text = missing[0]
+            found[q["id"]] = f"{what}: {FAILED.get(text, 'not embedded')}"
             continue
         scores = np.array([float(vectors[q["text"]] @ vectors[t]) if t in vectors else -np.inf
                            for t in q["candidate_texts"]])
@@ -185,6 +182,8 @@ def _plain_ranks(query_rows_: list[dict]) -> dict[str, int | str]:
 
 
 def test_distributed_ranking_equals_the_plain_one_ties_included(tmp_path, local_ray):
+    import ray.data
+
     _vector_tasks(tmp_path)
     tasks, _ = plan_tasks(tmp_path)
     queries = read_queries(tasks)
@@ -196,7 +195,8 @@ def test_distributed_ranking_equals_the_plain_one_ties_included(tmp_path, local_
     # Not trivial: ranks past the first two, a tie the strict rule counts against the gold
     # (argmax would give q-tie's gold rank 0), and both kinds of rejects.
     assert plain["q:Colors:1"] == 1 and plain["q:Colors:2"] == 3 and plain["q:Shapes:0"] == 2
-    assert plain["q:Colors:3"] == "query: image: unreadable" and plain["q:Colors:4"] == "gold candidate: embedding failed: boom"
+    assert plain["q:Colors:3"] == "query: image: unreadable"
+    assert plain["q:Colors:4"] == "gold candidate: embedding failed: boom"
     by_id = {r["id"]: r for r in ranked}
     assert by_id["q:Colors:5"]["rank"] == 0 and by_id["q:Colors:5"]["candidates"] == 3
     # The reranker gets the embedder's top 2, the gold after the candidate it ties with.
@@ -204,8 +204,6 @@ def test_distributed_ranking_equals_the_plain_one_ties_included(tmp_path, local_
     assert by_id["q:Shapes:1"]["candidate_texts"] == ["blue", "red"]
 
     kept = [r for r in ranked if r["error"] is None]
-    import ray.data
-
     summaries = task_summaries(ray.data.from_items(kept), [1, 2], num_partitions=3)
     for task in ("Colors", "Shapes"):
         ranks = np.array([plain[r["id"]] for r in kept if r["task"] == task])

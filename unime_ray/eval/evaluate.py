@@ -34,7 +34,7 @@ from unime_ray.dataplane.io import count_rows, publish, read_dataset, rows_where
 from unime_ray.eval.config import EvalConfig
 from unime_ray.eval.items import unique_items
 from unime_ray.eval.metrics import aggregate, task_metrics
-from unime_ray.eval.rerank_stage import rerank_dataset, rerank_outcomes
+from unime_ray.eval.rerank_stage import RERANKED_SCHEMA, rerank_dataset, rerank_outcomes
 from unime_ray.eval.report import columns, write_report
 from unime_ray.eval.scoring import RANKED_SCHEMA, rank_queries
 from unime_ray.eval.summaries import task_summaries
@@ -113,8 +113,9 @@ def rerank(config: EvalConfig, tasks: list[dict], kept, out: Path, image_root: s
     ``reranked`` entry."""
     r, reranked_dir = config.rerank, out / "stages" / "reranked"
     reranked = rerank_dataset(kept, r, image_root, config.tasks.max_image_pixels)
-    write_dataset(reranked.drop_columns(["candidate_texts", "candidate_image_paths"]), reranked_dir)
-    reranked = read_dataset(reranked_dir, columns=["task", "meta_task", "rank", "candidates", "fallback", "error"])
+    write_dataset(reranked.drop_columns(["candidate_texts", "candidate_image_paths"]), reranked_dir, RERANKED_SCHEMA)
+    needed = ["task", "meta_task", "row", "rank", "candidates", "fallback", "error"]
+    reranked = read_dataset(reranked_dir, columns=needed)
     outcomes = reranked.map_batches(rerank_outcomes, batch_format="pyarrow").sum(["fallbacks", "errors"]) or {}
     summaries = task_summaries(reranked, config.recall_ks, config.shuffle_partitions)
     return {"model": r.model, "backend": r.backend, "mode": r.mode, "top_n": r.top_n,

@@ -7,7 +7,15 @@ import pyarrow.compute as pc
 
 from unime_ray.data.images import ImageError
 from unime_ray.dataplane.stages import ITEM_COLUMNS, ActorStage, require_columns, row_item, set_column
+from unime_ray.eval.scoring import RANKED_SCHEMA
 from unime_ray.models.inputs import Item, load_item
+
+# ``rerank_dataset``'s rows as written: the ranked rows without their candidate lists, with
+# the reranker's outcome and the gold's new ``rank``.
+RERANKED_SCHEMA = pa.schema([
+    *(f for f in RANKED_SCHEMA if f.name not in ("candidate_texts", "candidate_image_paths")),
+    pa.field("order", pa.list_(pa.int64())), pa.field("fallback", pa.bool_()), pa.field("embedder_rank", pa.int64()),
+])
 
 
 class RerankUDF:

@@ -9,9 +9,12 @@ from unime_ray.eval.metrics import task_metrics
 
 
 def task_summary(group: pa.Table, ks: list[int]) -> pa.Table:
-    """One task's ranked rows (``task``, ``meta_task``, ``rank``, ``candidates``) -> one row:
-    ``task``, ``meta_task``, ``candidates`` (the longest list) and ``metrics.task_metrics``."""
-    values = task_metrics(group["rank"].to_numpy(), ks)
+    """One task's ranked rows (``task``, ``meta_task``, ``row``, ``rank``, ``candidates``) ->
+    one row: ``task``, ``meta_task``, ``candidates`` (the longest list) and
+    ``metrics.task_metrics``."""
+    # In file order, as a plain loop over the task would sum them: the means come out
+    # the same to the last bit, whatever order the shuffle delivered the rows in.
+    values = task_metrics(group.sort_by("row")["rank"].to_numpy(), ks)
     return pa.table({"task": group["task"].slice(0, 1), "meta_task": group["meta_task"].slice(0, 1),
                      "candidates": [pc.max(group["candidates"]).as_py()], **{k: [v] for k, v in values.items()}})
 
@@ -19,6 +22,7 @@ def task_summary(group: pa.Table, ks: list[int]) -> pa.Table:
 def task_summaries(ranked, ks: list[int], num_partitions: int) -> dict[str, dict]:
     """Task -> its summary row, over ``ranked``'s rows (the queries that count: rejected
     ones filtered out); a task with no row is absent."""
-    summaries = ranked.select_columns(["task", "meta_task", "rank", "candidates"]).groupby("task", num_partitions=num_partitions).map_groups(
+    rows = ranked.select_columns(["task", "meta_task", "row", "rank", "candidates"])
+    summaries = rows.groupby("task", num_partitions=num_partitions).map_groups(
         task_summary, fn_kwargs={"ks": ks}, batch_format="pyarrow")
     return {row["task"]: row for row in summaries.take_all()}

@@ -146,7 +146,8 @@ def query_rows(task: dict, max_queries: int | None = None) -> pa.Table:
             continue
         rows.append({**query, "text": text, "image_path": image_path or None,
                      "candidate_ids": [candidate_id(t, i) for t, i in candidates],
-                     "candidate_texts": [t for t, _ in candidates], "candidate_image_paths": [i for _, i in candidates]})
+                     "candidate_texts": [t for t, _ in candidates],
+                     "candidate_image_paths": [i for _, i in candidates]})
     return pa.Table.from_pylist(rows, schema=QUERY_SCHEMA)
 
 
