@@ -85,9 +85,9 @@ class Sampler(threading.Thread):
     """Peak RSS of the driver and of the largest Ray worker process, and the object
     store's peak use, sampled every ``interval`` seconds."""
 
-    def __init__(self, driver_pid: int, interval: float = 0.5):
+    def __init__(self, driver_pid: int, address: str, interval: float = 0.5):
         super().__init__(daemon=True)
-        self.driver_pid, self.interval = driver_pid, interval
+        self.driver_pid, self.address, self.interval = driver_pid, address, interval
         self.peaks = {"driver_rss": 0, "worker_rss": 0, "worker_private": 0, "object_store": 0}
         # Worker peak RSS by process title (the actor or task). A worker's RSS also counts the
         # pages of the shared object store it has mapped; RSS minus shared pages is its own.
@@ -113,8 +113,12 @@ class Sampler(threading.Thread):
                     self.peaks["worker_private"] = max(self.peaks["worker_private"], private)
                     kind = command.split()[0] if command.startswith(("ray::", "VLLM")) else "ray worker"
                     self.by_kind[kind] = max(self.by_kind.get(kind, 0), rss)
-            used = re.search(r"Plasma memory usage (\d+) MiB", memory_summary(stats_only=True))
-            self.peaks["object_store"] = max(self.peaks["object_store"], int(used.group(1)) << 20 if used else 0)
+            try:
+                used = re.search(r"Plasma memory usage (\d+) MiB", memory_summary(self.address, stats_only=True))
+            except Exception:  # noqa: BLE001 - a slow answer under load skips one sample, not the run
+                used = None
+            if used:
+                self.peaks["object_store"] = max(self.peaks["object_store"], int(used.group(1)) << 20)
             time.sleep(self.interval)
 
 
@@ -131,7 +135,7 @@ def run_size(corpus: Path, out: Path, args, address: str) -> dict:
     log = (out.parent / f"{out.name}.log").open("w")
     started = time.perf_counter()
     driver = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    sampler = Sampler(driver.pid)
+    sampler = Sampler(driver.pid, address)
     sampler.start()
     code = driver.wait()
     sampler.stop.set()
