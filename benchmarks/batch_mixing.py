@@ -22,7 +22,7 @@ def demo_records(path) -> None:
     from unime_ray.training.records import RECORD_COLUMNS
 
     queries = build_easyvqa_corpus(40, 0).queries.sort_by("id")
-    table = queries.select(["id", "dataset"]).rename_columns(["query_id", "dataset"])
+    table = queries.select(["id"]).rename_columns(["query_id"])
     for column in RECORD_COLUMNS:
         if column not in table.column_names:
             table = table.append_column(column, [[None] * table.num_rows])
@@ -30,7 +30,8 @@ def demo_records(path) -> None:
 
 
 def mixed_fraction(dataset, workers: int, batch_size: int, seed: int, shuffle_buffer: int = 1024) -> float:
-    """Fraction of the workers' first-epoch batches that hold two or more datasets."""
+    """Fraction of the workers' first-epoch batches that hold two or more datasets (a query
+    id's prefix names its dataset: "vqa:12", the columns training reads have no other)."""
     from unime_ray.training.records import record_batches
 
     batches: list[list[dict]] = []
@@ -46,7 +47,7 @@ def mixed_fraction(dataset, workers: int, batch_size: int, seed: int, shuffle_bu
         thread.start()
     for thread in threads:
         thread.join()
-    return sum(len({r["dataset"] for r in batch}) > 1 for batch in batches) / len(batches)
+    return sum(len({r["query_id"].split(":")[0] for r in batch}) > 1 for batch in batches) / len(batches)
 
 
 def main() -> None:

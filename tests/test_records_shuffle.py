@@ -22,17 +22,17 @@ def local_ray():
 
 @pytest.fixture
 def sorted_records(tmp_path):
-    """4 datasets x 64 records, dataset after dataset (as a corpus often is), in 4 shards."""
+    """4 datasets x 128 records, dataset after dataset (as a corpus often is), in 2 shards."""
     from unime_ray.training.records import RECORD_COLUMNS
 
-    rows = [{"query_id": f"{d}:{i:03d}", "dataset": d} for d in "abcd" for i in range(64)]
+    rows = [{"query_id": f"{d}:{i:03d}"} for d in "abcd" for i in range(128)]
     table = pa.Table.from_pylist(rows)
     for column in RECORD_COLUMNS:
         if column not in table.column_names:
             table = table.append_column(column, pa.nulls(table.num_rows, pa.string()))
     (tmp_path / "mined.parquet").mkdir()
-    for shard in range(4):
-        pq.write_table(table.slice(64 * shard, 64), tmp_path / "mined.parquet" / f"{shard}.parquet")
+    for shard in range(2):
+        pq.write_table(table.slice(256 * shard, 256), tmp_path / "mined.parquet" / f"{shard}.parquet")
     return str(tmp_path / "mined.parquet")
 
 
@@ -42,15 +42,18 @@ def _config(mined: str, shuffle: str):
     return TrainEmbedderConfig.model_validate({"data": {"mined": mined, "shuffle": shuffle}})
 
 
-def test_global_shuffle_mixes_tasks_that_the_local_buffer_keeps_apart(local_ray, sorted_records):
+def test_global_shuffle_mixes_tasks_across_the_whole_set(local_ray, sorted_records):
     from unime_ray.training.job import records_dataset
 
-    # A local buffer of 16 records cannot mix a 64-record run of one dataset; the global shuffle does.
-    fractions = {}
-    for shuffle in ("local", "global"):
-        dataset = records_dataset(_config(sorted_records, shuffle))
-        fractions[shuffle] = mixed_fraction(dataset, workers=2, batch_size=4, seed=0, shuffle_buffer=16)
-    assert fractions["local"] <= 0.3 and fractions["global"] >= 0.8, fractions
+    def datasets_in_first_rows(shuffle: str) -> set[str]:
+        rows = records_dataset(_config(sorted_records, shuffle)).take(64)
+        return {r["query_id"].split(":")[0] for r in rows}
+
+    # Without it, the first 64 records all come from the first dataset; with it, from all four.
+    assert datasets_in_first_rows("local") == {"a"}
+    assert datasets_in_first_rows("global") == set("abcd")
+    fraction = mixed_fraction(records_dataset(_config(sorted_records, "global")), workers=2, batch_size=4, seed=0)
+    assert fraction >= 0.8  # batches as the workers see them mix tasks
 
 
 def test_global_order_is_reproducible_and_epochs_differ(local_ray, sorted_records):
@@ -59,13 +62,13 @@ def test_global_order_is_reproducible_and_epochs_differ(local_ray, sorted_record
 
     def ids(seed: int) -> list[list[str]]:
         stream = record_batches(records_dataset(_config(sorted_records, "global")).iterator(), 8, seed)
-        return [[r["query_id"] for r in next(stream)] for _ in range(64)]  # two epochs of 32 batches
+        return [[r["query_id"] for r in next(stream)] for _ in range(128)]  # two epochs of 64 batches
 
     first, again = ids(0), ids(0)
     assert first == again  # same seed, same batches: a resumed run skips to the same position
-    assert first[:32] != first[32:]  # a new epoch, a new order
-    assert sorted(i for batch in first[:32] for i in batch) == sorted(i for batch in first[32:] for i in batch)
+    assert first[:64] != first[64:]  # a new epoch, a new order
+    assert sorted(i for batch in first[:64] for i in batch) == sorted(i for batch in first[64:] for i in batch)
     skipped = record_batches(records_dataset(_config(sorted_records, "global")).iterator(), 8, 0)
     for _ in range(20):
         next(skipped)
-    assert [[r["query_id"] for r in next(skipped)] for _ in range(44)] == first[20:]
+    assert [[r["query_id"] for r in next(skipped)] for _ in range(108)] == first[20:]

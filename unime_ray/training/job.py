@@ -54,6 +54,8 @@ def records_dataset(cfg: TrainJobConfig):
     import ray.data
 
     dataset = ray.data.read_parquet(cfg.data.mined, columns=RECORD_COLUMNS)
+    # Files are read in parallel: without a fixed read order the seeded shuffle would not repeat.
+    dataset.context.execution_options.preserve_order = True
     return dataset.random_shuffle(seed=cfg.seed) if cfg.data.shuffle == "global" else dataset
 
 
