@@ -62,7 +62,9 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def ray_head():
-    """A Ray head on loopback in its own temp dir; stopped afterwards."""
+    """A Ray head on loopback in its own temp dir; stopped afterwards. Three logical CPUs on
+    two cores: a resumed Ray Data stage runs Ray's checkpoint filter actor (1 CPU, fixed by
+    Ray) beside the engine actor (1 CPU) and its read tasks."""
     temp = tempfile.mkdtemp(prefix="ur", dir="/tmp")  # short: Ray's socket paths have a length limit
     port, dash = free_port(), free_port()
     token = Path(temp) / "auth_token"
@@ -73,7 +75,7 @@ def ray_head():
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
            "RAY_AUTH_TOKEN_PATH": str(token), "UNIME_API_KEY": api_key}
     subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={port}", f"--dashboard-port={dash}",
-                    "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats"],
+                    "--dashboard-host=127.0.0.1", "--num-cpus=3", f"--temp-dir={temp}", "--disable-usage-stats"],
                    check=True, env=env, capture_output=True, timeout=120)
     yield {"address": f"http://127.0.0.1:{dash}", "env": env, "api_key": api_key}
     subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
@@ -114,12 +116,14 @@ def submit_job(head, entrypoint: list[str], *extra: str, timeout: int = 900):
     return subprocess.run(cmd, env=head["env"], capture_output=True, text=True, timeout=timeout)
 
 
-def submit_mining(head, planted, checkpoints, output_dir, *extra):
+def submit_mining(head, planted, checkpoints, output_dir, *extra, overrides=()):
     return submit_job(head, [
         "python", "jobs/mine.py", "--config", "configs/mine.yaml", "--output-dir", str(output_dir),
         "corpus.source=parquet", f"corpus.path={planted['path']}", f"corpus.image_root={planted['image_root']}",
         f"embed.model={checkpoints['embedder']}", f"judge.model={checkpoints['judge']}",
-        f"retrieval.top_k={TOP_K}", f"select.k={K}", f"select.beta={BETA}", "judge.max_model_len=1024"], *extra)
+        f"retrieval.top_k={TOP_K}", f"select.k={K}", f"select.beta={BETA}", "judge.max_model_len=1024",
+        # The planted corpus is 8 bad rows in 65: above the default ceiling on purpose.
+        "max_reject_fraction=0.2", *overrides], *extra)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unime_ray.models.engines.scoring import JUDGE_PROMPT, JudgeResult, judge_messages, score_isolating_failures, yes_probability
+from unime_ray.failures import call_isolating_failures
+from unime_ray.models.engines.scoring import JUDGE_PROMPT, judge_messages, yes_probability
 from unime_ray.models.inputs import Item, join_text
 
 
@@ -45,6 +46,39 @@ def test_failures_are_isolated_to_the_failing_pair():
             raise ValueError("prompt too long")
         return [0.5] * len(pairs)
 
-    results = score_isolating_failures(score, ["a", "bad", "c"])
-    assert results[0] == JudgeResult(0.5) and results[2] == JudgeResult(0.5)
-    assert results[1].score is None and "prompt too long" in results[1].error
+    results = call_isolating_failures(score, ["a", "bad", "c"])
+    assert results[0] == (0.5, None) and results[2] == (0.5, None)
+    assert results[1][0] is None and "prompt too long" in results[1][1]
+
+
+def test_isolation_splits_batches_and_never_swallows_infrastructure_errors():
+    from unime_ray.failures import is_infrastructure_error
+
+    calls = []
+
+    def score(items):
+        calls.append(len(items))
+        if "bad" in items:
+            raise ValueError("prompt too long")
+        return [1.0] * len(items)
+
+    outcomes = call_isolating_failures(score, ["ok"] * 15 + ["bad"])
+    assert [e is None for _, e in outcomes] == [True] * 15 + [False]
+    assert len(calls) <= 2 * 4 + 1 < 16  # halving: about 2 log2(16) calls, not one per item
+
+    class EngineDeadError(Exception):  # vLLM's name; matched by name so vLLM need not be imported
+        pass
+
+    class OutOfMemoryError(RuntimeError):  # torch.cuda's
+        pass
+
+    for error in (EngineDeadError("engine core died"), OutOfMemoryError("CUDA out of memory. Tried to allocate"),
+                  RuntimeError("CUDA error: an illegal memory access was encountered")):
+        assert is_infrastructure_error(error)
+
+        def dead(items, error=error):
+            raise error
+
+        with pytest.raises(type(error)):
+            call_isolating_failures(dead, ["a", "b"])
+    assert not is_infrastructure_error(ValueError("absolute aspect ratio must be smaller than 200"))

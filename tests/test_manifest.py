@@ -48,3 +48,31 @@ def test_path_signature_follows_file_content_not_just_the_name(tmp_path):
     assert path_signature(None) == [None]
     os.utime(model / "model.safetensors", ns=(1, 1))
     assert path_signature(str(model)) == path_signature(str(model))  # stable when nothing changes
+
+
+def test_a_resumable_stage_keeps_its_partial_rows_only_for_the_same_fingerprint(tmp_path):
+    def crash(out):
+        (out / "rows-1.txt").write_text("done before the kill")
+        raise RuntimeError("killed")
+
+    def finish(out):
+        (out / "rows-2.txt").write_text("done now")
+        return {"files": sorted(p.name for p in out.glob("*.txt"))}
+
+    try:
+        Manifest(tmp_path).run("judge", "fp", crash, resumable=True)
+    except RuntimeError:
+        pass
+    assert Manifest(tmp_path).run("judge", "fp", finish, resumable=True) == {"files": ["rows-1.txt", "rows-2.txt"]}
+    try:
+        Manifest(tmp_path).run("judge", "fp2", crash, resumable=True)
+    except RuntimeError:
+        pass
+    # Another config's partial rows are not this one's: start over.
+    assert Manifest(tmp_path).run("judge", "fp3", finish, resumable=True) == {"files": ["rows-2.txt"]}
+    # A stage that does not checkpoint rows never reuses a partial directory.
+    try:
+        Manifest(tmp_path).run("select", "fp", crash)
+    except RuntimeError:
+        pass
+    assert Manifest(tmp_path).run("select", "fp", finish) == {"files": ["rows-2.txt"]}

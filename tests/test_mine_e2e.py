@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import time
 
 import numpy as np
+import psutil
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import BETA, BIN, K, REPO, TOP_K, submit_mining
+from conftest import BETA, BIN, K, REPO, TOP_K, submit_job, submit_mining, wait_for_job
 
 SNAPSHOT = REPO / "tests" / "fixtures" / "planted_mined_407b7af.json"
 
@@ -40,6 +43,9 @@ def test_mined_records_respect_the_method(first_run, planted_corpus):
     summary = json.loads((first_run / "summary.json").read_text())
     assert summary["records"] == len(mined)
     assert summary["pairs_judged"] == len(mined) * (1 + TOP_K)
+    assert summary["pairs_judged_this_run"] == summary["pairs_judged"] and summary["pairs_restored"] == 0
+    assert summary["rows_embed_restored"] == 0
+    assert 0 < summary["prefix_cache_hit_rate"] < 1  # each query's pairs share its prompt prefix
     json_records = json.loads((first_run / "mined.json").read_text())
     assert len(json_records) == len(mined) and len(json_records[0]["hard_negatives"]) == K
     # Mined image references resolve under the output directory.
@@ -61,30 +67,91 @@ def test_bad_rows_are_reported_with_reasons(first_run):
     assert summary["rows_rejected"] == 8 and summary["rejected_by_reason"]["embedding failed"] == 2
 
 
-def test_a_job_stopped_midway_resumes_to_the_same_records(ray_head, planted_corpus, checkpoints, first_run, tmp_path):
-    out = tmp_path / "mine2"
-    started = submit_mining(ray_head, planted_corpus, checkpoints, out, "--no-wait", "--submission-id", "mine-killed")
+def committed_rows(checkpoint_dir) -> int:
+    """Rows in Ray Data's committed checkpoint files (pending ones end in .pending.parquet)."""
+    files = [f for f in checkpoint_dir.glob("*.parquet") if not f.name.endswith(".pending.parquet")] \
+        if checkpoint_dir.is_dir() else []
+    total = 0
+    for file in files:
+        try:
+            total += pq.ParquetFile(file).metadata.num_rows
+        except (OSError, pa.ArrowInvalid):  # renamed or removed meanwhile
+            pass
+    return total
+
+
+def kill_engine_processes() -> int:
+    """SIGKILL every vLLM EngineCore process (the judge actor's engine); returns how many."""
+    killed = 0
+    for process in psutil.process_iter(["name", "cmdline"]):
+        if "EngineCore" in (process.info["name"] or "") + " ".join(process.info["cmdline"] or []):
+            process.kill()
+            killed += 1
+    return killed
+
+
+def test_a_stopped_job_resumes_by_row_and_survives_an_engine_death(ray_head, planted_corpus, checkpoints, tmp_path):
+    """Stopped once a third of the judge stage is checkpointed, resubmitted, and its vLLM
+    engine killed mid-judge: the job still finishes, re-judging at most the rest plus the
+    blocks in flight, with the records of an uninterrupted run and no extra rejects."""
+    out, queries = tmp_path / "mine2", planted_corpus["good_queries"]
+    # Blocks of 8 queries (4 batches of 2), and 448x448 images (256 tokens each) so that
+    # judging takes long enough to be stopped midway.
+    slow = ["judge.batch_size=2", f"judge.min_pixels={448 * 448}"]
+    started = submit_mining(ray_head, planted_corpus, checkpoints, out, "--no-wait", "--submission-id", "mine-stopped",
+                            overrides=slow)
     assert started.returncode == 0, started.stderr
-    manifest = out / "manifest.json"
+    checkpoint = out / "stages" / "judge.partial" / "checkpoint"
     deadline = time.time() + 600
-    while time.time() < deadline:  # stop once retrieval is recorded, i.e. while judging
-        if manifest.exists() and "retrieve" in json.loads(manifest.read_text())["stages"]:
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail("the job never reached the judge stage")
-    stop = subprocess.run([str(BIN / "ray"), "job", "stop", "--address", ray_head["address"], "mine-killed"],
+    while time.time() < deadline and committed_rows(checkpoint) * 3 < queries:
+        time.sleep(0.1)
+    assert committed_rows(checkpoint) * 3 >= queries, "the job never checkpointed a third of the judge stage"
+    stop = subprocess.run([str(BIN / "ray"), "job", "stop", "--address", ray_head["address"], "mine-stopped"],
                           env=ray_head["env"], capture_output=True, text=True, timeout=300)
     assert stop.returncode == 0, stop.stderr
-    stages = json.loads(manifest.read_text())["stages"]
-    assert "select" not in stages and not (out / "mined.parquet").exists()
+    assert "judge" not in json.loads((out / "manifest.json").read_text())["stages"]
+    restorable = committed_rows(checkpoint)
+    assert restorable < queries, "stopped too late: the judge stage had finished"
 
-    resumed = submit_mining(ray_head, planted_corpus, checkpoints, out)
-    assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-4000:]
-    assert "stage corpus: already complete, skipped" in resumed.stdout + resumed.stderr
-    assert "stage embed: already complete, skipped" in resumed.stdout + resumed.stderr
+    resumed = submit_mining(ray_head, planted_corpus, checkpoints, out, "--no-wait", "--submission-id", "mine-resumed",
+                            overrides=slow)
+    assert resumed.returncode == 0, resumed.stderr
+    while time.time() < deadline and committed_rows(checkpoint) <= restorable:  # judging again
+        time.sleep(0.1)
+    assert committed_rows(checkpoint) < queries, "the resumed run finished before its engine could be killed"
+    assert kill_engine_processes() >= 1
+    assert wait_for_job(ray_head, "mine-resumed", timeout=600) == "SUCCEEDED"
+    logs = subprocess.run([str(BIN / "ray"), "job", "logs", "--address", ray_head["address"], "mine-resumed"],
+                          env=ray_head["env"], capture_output=True, text=True, timeout=120).stdout
+    assert "stage embed: already complete, skipped" in logs and "stage judge: resuming from its checkpoint" in logs
+    assert "the vLLM engine process died" in logs
+
+    summary = json.loads((out / "summary.json").read_text())
+    pairs_per_query, block = 1 + TOP_K, 8 * (1 + TOP_K)
+    assert summary["pairs_restored"] >= restorable * pairs_per_query
+    # The rest, the block the stop cut short, and the block the engine's death cut short.
+    assert summary["pairs_judged_this_run"] <= (queries - restorable) * pairs_per_query + block
+    assert summary["pairs_judged_this_run"] + summary["pairs_restored"] == summary["pairs_judged"]
+    assert summary["records"] == queries and summary["rows_rejected"] == 8  # only the planted bad rows
+
+    # An uninterrupted run from the same retrieval (stages copied, judge and select redone).
+    fresh = tmp_path / "mine3"
+    shutil.copytree(out / "stages", fresh / "stages", ignore=shutil.ignore_patterns("judge*", "select*"), symlinks=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["stages"] = {k: v for k, v in manifest["stages"].items() if k not in ("judge", "select")}
+    (fresh / "manifest.json").write_text(json.dumps(manifest))
+    done = submit_mining(ray_head, planted_corpus, checkpoints, fresh, overrides=slow)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert json.loads((fresh / "summary.json").read_text())["pairs_restored"] == 0
     resumed_records = pq.read_table(out / "mined.parquet").sort_by("query_id")
-    assert resumed_records.equals(pq.read_table(first_run / "mined.parquet").sort_by("query_id"))
+    uninterrupted = pq.read_table(fresh / "mined.parquet").sort_by("query_id")
+    assert resumed_records.column_names == uninterrupted.column_names
+    for name in resumed_records.column_names:
+        a, b = resumed_records[name].to_pylist(), uninterrupted[name].to_pylist()
+        if name in ("query_pos_score", "neg_scores"):  # batches were cut differently: float32 sums
+            assert np.allclose(np.array(a, dtype=float), np.array(b, dtype=float), rtol=0, atol=1e-6), name
+        else:
+            assert a == b, name
 
 
 def test_same_records_as_the_single_process_pipeline(first_run):
@@ -109,3 +176,35 @@ def test_same_records_as_the_single_process_pipeline(first_run):
     assert reasons(pq.read_table(first_run / "rejects.parquet").to_pylist()) == reasons(snapshot["rejects"])
     summary = json.loads((first_run / "summary.json").read_text())
     assert {k: summary[k] for k in snapshot["summary"]} == snapshot["summary"]
+
+
+def test_too_many_rejected_rows_fail_the_job_with_the_count_and_reasons(ray_head, planted_corpus, checkpoints,
+                                                                       tmp_path):
+    from conftest import png_bytes
+
+    from unime_ray.data.corpus import Corpus
+    from unime_ray.data.easyvqa import build_easyvqa_corpus
+
+    corpus = build_easyvqa_corpus(num_images=12, seed=7)
+    rows = corpus.queries.num_rows + corpus.targets.num_rows
+    targets = corpus.targets.to_pylist()
+    images = [t for t in targets if t["image"] or t["image_path"]]
+    corrupt = round(0.1 * rows)
+    for target in images[:corrupt]:
+        target["image"] = png_bytes()[:40]  # a truncated PNG
+    path = tmp_path / "corpus"
+    Corpus(corpus.queries, pa.Table.from_pylist(targets, schema=corpus.targets.schema)).save(path)
+    done = submit_job(ray_head, ["python", "jobs/mine.py", "--config", "configs/mine.yaml",
+                                 "--output-dir", str(tmp_path / "out"), "corpus.source=parquet", f"corpus.path={path}",
+                                 f"corpus.image_root={corpus.image_root}", f"embed.model={checkpoints['embedder']}",
+                                 f"judge.model={checkpoints['judge']}"])
+    logs = done.stdout + done.stderr
+    assert done.returncode != 0
+    message = re.search(r"after the corpus stage, (\d+) of (\d+) rows are rejected \(([\d.]+)%\), "
+                        r"over max_reject_fraction=0.05; top reasons: ([^.]*)", logs)
+    assert message, logs[-4000:]
+    rejected, total = int(message[1]), int(message[2])
+    assert total == rows and rejected >= corrupt and float(message[3]) >= 9.5
+    assert f"cannot be decoded: {corrupt}" in message[4]
+    # What was finished stays recorded: a rerun resumes after the corpus stage.
+    assert "corpus" in json.loads((tmp_path / "out" / "manifest.json").read_text())["stages"]

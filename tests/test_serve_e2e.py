@@ -24,7 +24,7 @@ from unime_ray.serving.index import LoadedIndex
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 
 LIMITS = ["limits.max_body_bytes=300000", "limits.max_items=4", "limits.max_image_pixels=40000",
-          "limits.max_top_k=20"]
+          "limits.max_top_k=20", "limits.max_item_tokens=512"]
 
 
 @pytest.fixture(scope="module")
@@ -147,11 +147,65 @@ BIG_IMAGE = _b64(png_bytes(size=(300, 300)))  # 90,000 pixels over the test's 40
     ("/v1/embed", {"items": [{"text": "x"}, {"image": _b64(png_bytes(size=(2, 600)))}]}, 422, "items.1"),
     ("/v1/rerank", {"query": {"text": "x"}, "candidates": [{"text": "y"}]}, 422, "candidates"),
     ("/v1/embed", {"items": [{"text": "x" * 400_000}]}, 413, "body"),
+    ("/v1/search", {"text": "word " * 20_000}, 413, "query: 2"),  # 20,0xx tokens
+    ("/v1/embed", {"items": [{"text": "x"}, {"text": "many words " * 300}]}, 413, "items.1: 6"),
+    ("/v1/rerank", {"query": {"text": "x"}, "candidates": [{"text": "y"}, {"text": "z " * 1000}]}, 413, "candidates.1"),
 ])
 def test_bad_input_gets_a_4xx_that_names_the_field(service, path, body, status, names):
     answer = _post(service, path, body)
     assert answer.status_code == status, answer.text
     assert names in answer.json()["error"], answer.json()
+
+
+def _fuzz_bodies() -> list[tuple[str, object]]:
+    """Malformed requests of every kind: over-long texts, extreme images, wrong types,
+    unknown fields, broken JSON. Deterministic, so a failure reproduces."""
+    import random
+
+    rng = random.Random(0)
+    long_texts = ["word " * 20_000, "x" * 250_000, "\u4e2d" * 60_000, "a b " * 30_000]
+    images = [_b64(png_bytes(size=(1, 30_000))), _b64(png_bytes(size=(5_000, 5_000))),  # aspect; pixels
+              _b64(png_bytes(size=(300, 2))), _b64(png_bytes()[:60]), _b64(b"\x00" * 1000), "!!!", "=" * 8,
+              _b64(b"GIF89a" + b"\x00" * 50), _b64(png_bytes(size=(199, 201)))[:-4] + "@@@@"]
+    junk = [None, 0, -1, 3.5, True, [], {}, "x" * 10, [1, 2], {"a": {"b": 1}}]
+    items = ([{"text": t} for t in long_texts] + [{"image": i} for i in images]
+             + [{"text": "ok", "image": i} for i in images[:4]] + [{"text": j} for j in junk if j is not None]
+             + [{"image": j} for j in junk if j is not None] + [{}, {"text": ""}, {"text": " \n\t"},
+                                                                   {"bogus": 1}, {"text": "x", "extra": 2}])
+    bodies = []
+    for item in items:
+        bodies += [("/v1/search", {**item, "top_k": 3}), ("/v1/embed", {"items": [{"text": "fine"}, item]}),
+                   ("/v1/rerank", {"query": {"text": "q"}, "candidates": [{"text": "c"}, item]})]
+    for _ in range(40):
+        bodies.append(("/v1/search", {"text": "x", "top_k": rng.choice([0, -5, 10**9, "3", None, [], 21]),
+                                      "rerank": rng.choice(["yes", 2, None, {}])}))
+    for j in junk:
+        bodies += [("/v1/embed", {"items": j}), ("/v1/rerank", {"query": j, "candidates": [{"text": "a"}] * 2}),
+                   ("/v1/rerank", {"query": {"text": "q"}, "candidates": j}), ("/v1/search", j)]
+    bodies += [("/v1/embed", {"items": [{"text": "x"}] * 50}), ("/v1/embed", b"{not json"), ("/v1/search", b""),
+               ("/v1/search", b"[" * 50_000 + b"]" * 50_000), ("/v1/search", b"\xff\xfe garbage"),
+               ("/v1/rerank", b'{"query": {"text": "q"}, "candidates": [' + b'{"text":"c"},' * 5000 + b'{}]}')]
+    return bodies
+
+
+def test_a_fuzz_of_malformed_requests_gets_no_5xx(service):
+    bodies = _fuzz_bodies()
+    assert len(bodies) >= 200
+
+    def one(case):
+        path, body = case
+        headers = {**service["headers"], "Content-Type": "application/json"}
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        answer = requests.post(service["url"] + path, data=data, headers=headers, timeout=120)
+        return answer.status_code, answer.text[:300], path, str(body)[:120]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(one, bodies))
+    server_errors = [r for r in results if r[0] >= 500]
+    assert not server_errors, server_errors[:5]
+    refused = [r for r in results if 400 <= r[0] < 500]
+    assert len(refused) >= len(bodies) - 10, [r for r in results if r[0] < 400][:10]  # a few junk values are valid
+    assert all(json.loads(text)["error"] for code, text, *_ in refused if len(text) < 300)
 
 
 def test_malformed_json_is_a_422(service):

@@ -12,10 +12,11 @@ import pyarrow as pa
 
 from unime_ray.data.corpus import REJECT_SCHEMA
 from unime_ray.data.sources import ROW_COLUMN
-from unime_ray.dataplane.io import read_dataset, rows_where_error
+from unime_ray.dataplane.io import parquet_files, read_dataset, rows_where_error
 
 REASON_KINDS = ("not found", "cannot be decoded", "escapes the image root", "empty item", "unknown positive",
-                "embedding failed", "was rejected", "duplicate", "over the limit", "positive pair failed",
+                "embedding failed", "was rejected", "duplicate", "over the limit", "over the token budget",
+                "non-finite score", "positive pair failed",
                 "no candidate", "no positive_id")
 
 
@@ -34,8 +35,31 @@ def as_rejects(ds, table: str, error_column: str = "error"):
     return rows_where_error(ds, failed=True, column=error_column).map_batches(rejects, batch_format="pyarrow")
 
 
-def rejected_by_reason(rejects: Path) -> dict[str, int]:
-    """Reject counts per kind of reason: a group-by whose result has one row per kind."""
+def rejected_by_reason(rejects: Path | list[Path]) -> dict[str, int]:
+    """Reject counts per kind of reason, most frequent first: a group-by whose result has
+    one row per kind."""
     kinds = read_dataset(rejects, columns=["reason"]).map_batches(
         lambda b: pa.table({"kind": [reason_kind(r) for r in b["reason"].to_pylist()]}), batch_format="pyarrow")
-    return {row["kind"]: row["count()"] for row in kinds.groupby("kind").count().take_all()}
+    counts = {row["kind"]: row["count()"] for row in kinds.groupby("kind").count().take_all()}
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+class TooManyRejects(RuntimeError):
+    """More rows were rejected than ``max_reject_fraction`` allows: most likely a broken
+    corpus or a misconfigured model, not a few bad rows."""
+
+
+def check_reject_fraction(rejects: list[Path], rows_in: int, max_fraction: float, stage: str) -> None:
+    """Raise ``TooManyRejects`` naming the count, the fraction and the top reasons when the
+    rejects (shard directories) exceed ``max_fraction`` of the ``rows_in`` input rows."""
+    from unime_ray.dataplane.io import count_rows
+
+    rejects = [path for path in rejects if path.exists()]
+    rejected = sum(count_rows(path) for path in rejects)
+    if rows_in and rejected / rows_in > max_fraction:
+        reasons = rejected_by_reason([f for path in rejects for f in parquet_files(path)])
+        top = ", ".join(f"{kind}: {n}" for kind, n in list(reasons.items())[:5])
+        raise TooManyRejects(
+            f"after the {stage} stage, {rejected} of {rows_in} rows are rejected ({rejected / rows_in:.1%}), "
+            f"over max_reject_fraction={max_fraction:g}; top reasons: {top}. Finished stages stay "
+            f"checkpointed: fix the data or raise max_reject_fraction, then rerun to resume.")

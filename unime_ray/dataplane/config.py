@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from unime_ray.config import StrictModel
+from unime_ray.models.settings import PixelBudget
 
 
 class ActorConfig(StrictModel):
@@ -17,9 +18,12 @@ class ActorConfig(StrictModel):
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor: 0 on CPU machines, 1 on a GPU cluster")
     batch_size: int = Field(16, ge=1, description="rows per batch handed to an actor")
     torch_threads: int | None = Field(1, ge=1, description="intra-op threads per actor (None: torch's default)")
+    # An infrastructure error (engine death, device OOM) exits the actor; Ray restarts it and
+    # retries the batch there. Bounded, so a batch that kills every engine fails the job.
+    max_restarts: int = Field(8, ge=-1, description="restarts per actor after infrastructure failures (-1: no limit)")
 
 
-class EmbedConfig(ActorConfig):
+class EmbedConfig(ActorConfig, PixelBudget):
     model: str = Field(".cache/checkpoints/embedder", description="embedder checkpoint: local dir or hub id")
     device: str = Field("cpu", description="'cpu' or 'cuda'")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights' dtype (bfloat16 on GPUs)")

@@ -16,7 +16,7 @@ from unime_ray import metrics
 from unime_ray.data.images import ImageError
 from unime_ray.dataplane.stages import ITEM_COLUMNS, ActorStage, require_columns, row_item, set_column
 from unime_ray.dataplane.tensors import VectorDtype, tensor_column
-from unime_ray.failures import call_isolating_failures
+from unime_ray.failures import call_isolating_failures, exit_on_infrastructure_error
 
 
 class EmbedUDF:
@@ -25,15 +25,18 @@ class EmbedUDF:
     INPUT_COLUMNS = ITEM_COLUMNS
 
     def __init__(self, model: str, device: str, dtype: str, image_root: str | None,
-                 max_pixels: int, torch_threads: int | None = None, vector_dtype: VectorDtype = "float32"):
+                 max_pixels: int, torch_threads: int | None = None, vector_dtype: VectorDtype = "float32",
+                 budget: dict | None = None):
         from unime_ray.models.embedder import Embedder
         from unime_ray.models.loading import set_torch_threads
 
         set_torch_threads(torch_threads)
-        self.embedder = Embedder.from_pretrained(model, device, dtype)
+        # ``max_pixels`` refuses decompression bombs at decode; ``budget`` resizes for the model.
+        self.embedder = Embedder.from_pretrained(model, device, dtype, **(budget or {}))
         self.image_root, self.max_pixels, self.vector_dtype = image_root, max_pixels, vector_dtype
         self.dim = int(self.embedder.model.config.get_text_config().hidden_size)
 
+    @exit_on_infrastructure_error
     def __call__(self, batch: pa.Table) -> pa.Table:
         require_columns(batch, self.INPUT_COLUMNS, "embed")
         start = time.perf_counter()
@@ -64,5 +67,6 @@ def embed_dataset(ds, embed, image_root: str | None, max_pixels: int):
         EmbedUDF,
         fn_constructor_kwargs={"model": embed.model, "device": embed.device, "dtype": embed.dtype,
                                "image_root": image_root, "max_pixels": max_pixels,
-                               "torch_threads": embed.torch_threads, "vector_dtype": embed.vector_dtype},
+                               "torch_threads": embed.torch_threads, "vector_dtype": embed.vector_dtype,
+                               "budget": {"min_pixels": embed.min_pixels, "max_pixels": embed.max_pixels}},
         **stage.map_batches_kwargs())

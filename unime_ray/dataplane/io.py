@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -28,9 +30,10 @@ def parquet_files(path: str | Path) -> list[Path]:
     return sorted(p for p in path.rglob("*.parquet") if p.is_file())
 
 
-def count_rows(path: str | Path) -> int:
-    """Rows of a table, from the files' footers."""
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(path))
+def count_rows(path: str | Path | list[Path]) -> int:
+    """Rows of a table (or of a list of shard files), from the files' footers."""
+    files = path if isinstance(path, list) else parquet_files(path)
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
 
 
 def write_dataset(ds, path: str | Path, schema: pa.Schema | None = None) -> int:
@@ -51,10 +54,45 @@ def write_dataset(ds, path: str | Path, schema: pa.Schema | None = None) -> int:
     return count_rows(path)
 
 
-def read_dataset(path: str | Path, columns: list[str] | None = None):
+def read_dataset(path: str | Path | list[Path], columns: list[str] | None = None):
+    """A table (a file or a directory of shards), or an explicit list of shard files."""
     import ray.data
 
-    return ray.data.read_parquet([str(f) for f in parquet_files(path)], columns=columns)
+    files = path if isinstance(path, list) else parquet_files(path)
+    return ray.data.read_parquet([str(f) for f in files], columns=columns)
+
+
+@contextmanager
+def row_checkpoint(checkpoint_dir: str | Path, id_column: str) -> Iterator[None]:
+    """Ray Data's row-level checkpointing for the read -> ... -> write pipelines created
+    inside: each written block records its rows' ids, and on a rerun the read skips every
+    id already written, so a killed job redoes only the blocks that were in flight. Data
+    files of blocks whose ids were not committed are deleted by Ray before the rerun.
+    ``checkpoint_dir`` must be storage every node sees (as the job's output is)."""
+    from ray.data import DataContext
+    from ray.data.checkpoint import CheckpointConfig
+
+    context = DataContext.get_current()
+    previous = context.checkpoint_config
+    # Kept after success: a job killed between this write and the caller recording it as
+    # done must not find data files without their ids (it would write the rows twice).
+    # The ids are small (8 bytes a row as ``row`` numbers) and go with the stage's output.
+    context.checkpoint_config = CheckpointConfig(id_column=id_column, checkpoint_path=str(checkpoint_dir),
+                                                 delete_checkpoint_on_success=False)
+    try:
+        yield
+    finally:
+        context.checkpoint_config = previous
+
+
+def write_resumable(build: Callable[[], object], path: Path, checkpoint_dir: Path, id_column: str,
+                    schema: pa.Schema | None = None) -> list[Path]:
+    """Write the dataset ``build()`` makes under ``path``, resuming a killed earlier write
+    by row (``row_checkpoint``); returns the shard files this run wrote."""
+    before = set(parquet_files(path)) if path.is_dir() else set()
+    with row_checkpoint(checkpoint_dir, id_column):
+        write_dataset(build(), path, schema)
+    return sorted(set(parquet_files(path)) - before)
 
 
 def rows_where_error(ds, failed: bool, column: str = "error"):

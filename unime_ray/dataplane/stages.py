@@ -8,6 +8,7 @@ reports a failed row in an ``error`` column instead of raising. UDFs never touch
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
@@ -45,10 +46,15 @@ class ActorStage:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     batch_size: int = 16
+    max_restarts: int = 8
+    engine_workers: int = 1  # an engine's tensor x pipeline parallel workers
 
     @classmethod
     def from_config(cls, config) -> "ActorStage":
-        return cls(config.num_actors, config.num_cpus, config.num_gpus, config.batch_size)
+        engine = getattr(config, "engine_kwargs", {})
+        workers = engine.get("tensor_parallel_size", 1) * engine.get("pipeline_parallel_size", 1)
+        return cls(config.num_actors, config.num_cpus, config.num_gpus, config.batch_size, config.max_restarts,
+                   workers)
 
     def blocks(self, ds, batches_per_block: int = 4):
         """``ds`` in blocks of a few batches. Ray Data gives an actor a whole block per task:
@@ -60,10 +66,30 @@ class ActorStage:
     def map_batches_kwargs(self) -> dict[str, Any]:
         import ray.data
 
-        return {
+        kwargs = {
             "compute": ray.data.ActorPoolStrategy(size=self.num_actors),
             "num_cpus": self.num_cpus,
             "num_gpus": self.num_gpus,
             "batch_size": self.batch_size,
             "batch_format": "pyarrow",
+            # Ray Data then retries a dead actor's batch (max_task_retries) on its restart.
+            "max_restarts": self.max_restarts,
         }
+        if self.engine_workers > 1:
+            # As ray.data.llm does: the actor holds no device itself; each actor gets a placement
+            # group of one bundle per engine worker, which vLLM's Ray executor fills (captured
+            # as the actor's child tasks), so an engine's GPUs are reserved together or not at all.
+            bundle = {"GPU": self.num_gpus, "CPU": self.num_cpus} if self.num_gpus else {"CPU": self.num_cpus}
+            kwargs.update(num_gpus=0, num_cpus=0,
+                          ray_remote_args_fn=partial(engine_placement, [bundle] * self.engine_workers))
+        return kwargs
+
+
+def engine_placement(bundles: list[dict]) -> dict[str, Any]:
+    """Remote args that run an actor in a new placement group of ``bundles`` (one per
+    engine worker), its children included."""
+    import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    group = ray.util.placement_group(bundles, strategy="PACK")
+    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_capture_child_tasks=True)}

@@ -8,6 +8,7 @@ import pyarrow.compute as pc
 from unime_ray.data.images import ImageError
 from unime_ray.dataplane.stages import ITEM_COLUMNS, ActorStage, require_columns, row_item, set_column
 from unime_ray.eval.scoring import RANKED_SCHEMA
+from unime_ray.failures import exit_on_infrastructure_error
 from unime_ray.models.inputs import Item, load_item
 
 # ``rerank_dataset``'s rows as written: the ranked rows without their candidate lists, with
@@ -38,6 +39,7 @@ class RerankUDF:
                       for text, path in zip(row["candidate_texts"], row["candidate_image_paths"])]
         return row_item(row, self.image_root, self.max_pixels), candidates
 
+    @exit_on_infrastructure_error
     def __call__(self, batch: pa.Table) -> pa.Table:
         require_columns(batch, self.INPUT_COLUMNS, "rerank")
         rows = batch.select(list(self.INPUT_COLUMNS)).to_pylist()

@@ -35,6 +35,8 @@ class MineConfig(StrictModel):
     retrieval: RetrievalConfig = RetrievalConfig()
     judge: JudgeConfig = JudgeConfig()
     select: SelectConfig = SelectConfig()
+    max_reject_fraction: float = Field(
+        0.05, ge=0, le=1, description="fail the job when more than this share of input rows is rejected")
     write_unime_json: bool = Field(False, description="also write mined.json in UniME-V2's layout")
     shuffle_partitions: int = Field(
         4, ge=1, description="hash partitions of the Ray Data joins and group-bys (cluster: about 2x the CPUs)")

@@ -17,6 +17,7 @@ import pyarrow as pa
 from unime_ray import metrics
 from unime_ray.data.images import ImageError
 from unime_ray.dataplane.stages import ITEM_COLUMNS, require_columns, row_item
+from unime_ray.failures import exit_on_infrastructure_error
 
 QUERY_COLUMNS = ITEM_COLUMNS + ("dataset", "positive_id", "row")
 TARGET_FIELDS = {"id": "target_ids", "instruction": "target_instructions", "text": "target_texts",
@@ -82,7 +83,9 @@ def scores_column(scores: list[list[float | None]]) -> pa.ListArray:
 
 class JudgeUDF:
     """Judge rows -> the same rows plus ``positive_score``, ``candidate_scores`` (null where
-    a pair failed) and ``error`` (set when the query or its positive pair failed)."""
+    a pair failed), ``pair_errors``, ``prompt_tokens`` and ``cached_tokens`` (the query's
+    pairs' prompt tokens, and those the prefix cache served), and ``error`` (set when the
+    query or its positive pair failed)."""
 
     INPUT_COLUMNS = ITEM_COLUMNS + tuple(TARGET_FIELDS.values()) + ("target_found",)
 
@@ -112,6 +115,7 @@ class JudgeUDF:
             items.append(decoded[target_id])
         return items
 
+    @exit_on_infrastructure_error
     def __call__(self, batch: pa.Table) -> pa.Table:
         require_columns(batch, self.INPUT_COLUMNS, "judge")
         start = time.perf_counter()
@@ -133,9 +137,12 @@ class JudgeUDF:
                     owners.append((r, slot))
         results = self.judge.score(pairs) if pairs else []
         scores: list[list[float | None]] = [[None] * len(e) for e in pair_errors]
+        tokens, cached = np.zeros(len(rows), np.int64), np.zeros(len(rows), np.int64)
         for (r, slot), result in zip(owners, results):
             scores[r][slot] = result.score
             pair_errors[r][slot] = result.error
+            tokens[r] += result.tokens or 0
+            cached[r] += result.cached_tokens or 0
         metrics.inc("pairs_judged", len(results))
         metrics.inc("judge_errors", sum(e is not None for per_row in pair_errors for e in per_row))
         metrics.observe("judge_batch_seconds", time.perf_counter() - start)
@@ -144,4 +151,6 @@ class JudgeUDF:
                 errors[r] = f"positive pair failed: {pair_errors[r][0]}"
         return batch.append_column("positive_score", pa.array([s[0] for s in scores], pa.float64())) \
             .append_column("candidate_scores", scores_column([s[1:] for s in scores])) \
+            .append_column("pair_errors", pa.array(pair_errors, pa.list_(pa.string()))) \
+            .append_column("prompt_tokens", pa.array(tokens)).append_column("cached_tokens", pa.array(cached)) \
             .append_column("error", pa.array(errors, pa.string()))

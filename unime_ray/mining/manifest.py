@@ -3,7 +3,9 @@
 A stage's output is built in a temporary directory and renamed into place, and the
 manifest is replaced atomically, so a job killed at any point leaves every recorded
 stage complete. A rerun skips recorded stages whose fingerprint (a hash of the config
-they depend on and of their inputs' fingerprints) still matches.
+they depend on and of their inputs' fingerprints) still matches. A resumable stage
+(one that checkpoints rows) keeps its temporary directory when a rerun has the same
+fingerprint, and goes on from what it holds.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Any, Callable
 from unime_ray import metrics
 
 logger = logging.getLogger(__name__)
+
+PARTIAL_FINGERPRINT = "FINGERPRINT"  # in a stage's temporary directory: whose rows it holds
 
 
 def fingerprint(*parts: Any) -> str:
@@ -58,18 +62,24 @@ class Manifest:
         tmp.write_text(json.dumps({"stages": self.stages}, indent=1))
         os.replace(tmp, self.path)
 
-    def run(self, name: str, print_: str, build: Callable[[Path], dict | None]) -> dict:
+    def run(self, name: str, print_: str, build: Callable[[Path], dict | None], resumable: bool = False) -> dict:
         """Run ``build(tmp_dir)`` unless ``name`` is done; returns the stage's info dict."""
         if self.is_done(name, print_):
             logger.info("stage %s: already complete, skipped", name)
             return self.stages[name].get("info", {})
         final, tmp = self.stage_dir(name), self.stage_dir(name + ".partial")
-        for stale in (final, tmp):
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        logger.info("stage %s: running", name)
+        stamp = tmp / PARTIAL_FINGERPRINT
+        shutil.rmtree(final, ignore_errors=True)
+        if resumable and stamp.is_file() and stamp.read_text() == print_:
+            logger.info("stage %s: resuming from its checkpoint", name)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            stamp.write_text(print_)
+            logger.info("stage %s: running", name)
         start = time.perf_counter()
         info = build(tmp) or {}
+        stamp.unlink()
         os.replace(tmp, final)
         self.stages[name] = {"fingerprint": print_, "seconds": round(time.perf_counter() - start, 3), "info": info}
         self._save()

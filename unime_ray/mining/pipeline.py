@@ -19,11 +19,11 @@ import pyarrow.compute as pc
 from unime_ray import metrics
 from unime_ray.data.corpus import QUERY_SCHEMA, REJECT_SCHEMA, TARGET_SCHEMA
 from unime_ray.data.image_refs import link_image_root
-from unime_ray.data.rejects import as_rejects, rejected_by_reason
+from unime_ray.data.rejects import as_rejects, check_reject_fraction, rejected_by_reason
 from unime_ray.data.sources import ROW_COLUMN, corpus_files, read_corpus
 from unime_ray.data.validate import ERROR_COLUMN, check_positives, check_rows, mark_duplicates, positive_status
 from unime_ray.dataplane.embed_stage import embed_dataset
-from unime_ray.dataplane.io import count_rows, publish, read_dataset, rows_where_error, write_dataset
+from unime_ray.dataplane.io import count_rows, publish, read_dataset, rows_where_error, write_dataset, write_resumable
 from unime_ray.dataplane.stages import ActorStage
 from unime_ray.mining.config import MineConfig
 from unime_ray.mining.judge_stage import JudgeUDF, pair_inputs
@@ -63,11 +63,15 @@ def stage_corpus(config: MineConfig, out: Path) -> dict:
 
 
 def stage_embed(config: MineConfig, corpus_dir: Path, image_root: str | None, out: Path) -> dict:
+    """Embeds queries and targets; resumes by row (a killed run's written blocks are kept)."""
+    info = {}
     for name in ("queries", "targets"):
-        embedded = embed_dataset(read_dataset(corpus_dir / name), config.embed, image_root,
-                                 config.corpus.max_image_pixels)
-        write_dataset(embedded, out / name)
-    return {}
+        new = write_resumable(lambda: embed_dataset(read_dataset(corpus_dir / name), config.embed, image_root,
+                                                    config.corpus.max_image_pixels),
+                              out / name, out / "checkpoints" / name, ROW_COLUMN)
+        info[f"{name}_embedded_this_run"] = count_rows(new)
+        info[f"{name}_restored"] = count_rows(out / name) - info[f"{name}_embedded_this_run"]
+    return info
 
 
 def stage_retrieve(config: MineConfig, embed_dir: Path, out: Path) -> dict:
@@ -104,15 +108,30 @@ def stage_pairs(config: MineConfig, corpus_dir: Path, retrieve_dir: Path, out: P
 
 
 def stage_judge(config: MineConfig, pairs_dir: Path, image_root: str | None, out: Path) -> dict:
+    """Scores every pair; resumes by query row, so a killed run re-judges at most the
+    blocks that were in flight. Reports the pairs judged by this run, those restored from
+    earlier runs, and the prefix cache's share of this run's prompt tokens."""
     j = config.judge
     stage = ActorStage.from_config(j)
-    judged = stage.blocks(read_dataset(pairs_dir / "rows")).map_batches(
-        JudgeUDF,
-        fn_constructor_kwargs={"backend": j.backend, "image_root": image_root,
-                               "max_pixels": config.corpus.max_image_pixels, "torch_threads": j.torch_threads,
-                               **j.engine_arguments()},
-        **stage.map_batches_kwargs())
-    return {"queries": write_dataset(judged, out / "scores")}
+
+    def judged():
+        return stage.blocks(read_dataset(pairs_dir / "rows")).map_batches(
+            JudgeUDF,
+            fn_constructor_kwargs={"backend": j.backend, "image_root": image_root,
+                                   "max_pixels": config.corpus.max_image_pixels, "torch_threads": j.torch_threads,
+                                   **j.engine_arguments()},
+            **stage.map_batches_kwargs())
+
+    new = write_resumable(judged, out / "scores", out / "checkpoint", ROW_COLUMN)
+    sums = {"pairs": 0, "prompt_tokens": 0, "cached_tokens": 0}
+    if count_rows(new):
+        totals = read_dataset(new, columns=["target_ids", "prompt_tokens", "cached_tokens"]).map_batches(
+            lambda b: pa.table({"pairs": pc.list_value_length(b["target_ids"]), "prompt_tokens": b["prompt_tokens"],
+                                "cached_tokens": b["cached_tokens"]}), batch_format="pyarrow").sum(list(sums))
+        sums = {name: int(totals[f"sum({name})"] or 0) for name in sums}
+    rate = sums["cached_tokens"] / sums["prompt_tokens"] if sums["prompt_tokens"] else None
+    return {"queries": count_rows(out / "scores"), "pairs_judged_this_run": sums["pairs"],
+            "prompt_tokens_this_run": sums["prompt_tokens"], "prefix_cache_hit_rate": rate}
 
 
 def stage_select(config: MineConfig, judge_dir: Path, out: Path) -> dict:
@@ -152,23 +171,36 @@ def run_mining(config: MineConfig) -> dict:
     manifest = Manifest(output_dir)
     dump = lambda section: section.model_dump(mode="json")  # noqa: E731
     j = config.judge
+    rows_in = 0
+
+    def check_rejects(stage_name: str, *stages_with_rejects: str) -> None:
+        check_reject_fraction([stage(name) / "rejects" for name in stages_with_rejects], rows_in,
+                              config.max_reject_fraction, stage_name)
+
     fp_corpus = fingerprint(dump(config.corpus), path_signature(config.corpus.path))
     fp_embed = fingerprint(fp_corpus, dump(config.embed), path_signature(config.embed.model))
     fp_retrieve = fingerprint(fp_embed, dump(config.retrieval))
     fp_pairs = fingerprint(fp_retrieve)
-    fp_judge = fingerprint(fp_pairs, j.backend, j.model, path_signature(j.model), j.dtype, j.max_model_len,
-                           j.engine_kwargs)
+    fp_judge = fingerprint(fp_pairs, path_signature(j.model), j.model_dump(
+        mode="json", include={"backend", "model", "dtype", "max_model_len", "engine_kwargs", "cpu_engine_kwargs",
+                              "min_pixels", "max_pixels"}))
     fp_select = fingerprint(fp_judge, dump(config.select), config.output_dir)
     stage = manifest.stage_dir
 
     corpus = manifest.run("corpus", fp_corpus, lambda out: stage_corpus(config, out))
     image_root = corpus["image_root"]
-    manifest.run("embed", fp_embed, lambda out: stage_embed(config, stage("corpus"), image_root, out))
+    rows_in = corpus["queries"] + corpus["rejected_queries"] + corpus["targets"] + corpus["rejected_targets"]
+    check_rejects("corpus", "corpus")
+    embed = manifest.run("embed", fp_embed, lambda out: stage_embed(config, stage("corpus"), image_root, out),
+                         resumable=True)
     retrieve = manifest.run("retrieve", fp_retrieve, lambda out: stage_retrieve(config, stage("embed"), out))
+    check_rejects("retrieve", "corpus", "retrieve")
     pairs = manifest.run("pairs", fp_pairs, lambda out: stage_pairs(config, stage("corpus"), stage("retrieve"), out))
-    manifest.run("judge", fp_judge, lambda out: stage_judge(config, stage("pairs"), image_root, out))
+    judge = manifest.run("judge", fp_judge, lambda out: stage_judge(config, stage("pairs"), image_root, out),
+                         resumable=True)
     link_image_root(output_dir, image_root)
     select = manifest.run("select", fp_select, lambda out: stage_select(config, stage("judge"), out))
+    check_rejects("select", "corpus", "retrieve", "select")
 
     mined = publish({"mined": stage("select") / "mined"}, output_dir / "mined.parquet")
     rejects = publish({name: stage(name) / "rejects" for name in ("corpus", "retrieve", "select")},
@@ -185,6 +217,13 @@ def run_mining(config: MineConfig) -> dict:
         "rejected_by_reason": rejected_by_reason(rejects) if rejected else {},
         "targets_indexed": retrieve["targets_embedded"],
         "pairs_judged": pairs["pairs"],
+        # By the run that finished the stage; the rest were restored from a killed run's checkpoint.
+        "pairs_judged_this_run": judge["pairs_judged_this_run"],
+        "pairs_restored": pairs["pairs"] - judge["pairs_judged_this_run"],
+        "rows_embedded_this_run": embed["queries_embedded_this_run"] + embed["targets_embedded_this_run"],
+        "rows_embed_restored": embed["queries_restored"] + embed["targets_restored"],
+        "prompt_tokens_judged": judge["prompt_tokens_this_run"],
+        "prefix_cache_hit_rate": judge["prefix_cache_hit_rate"],
         "records": select["records"],
         "false_negatives_dropped": select["false_negatives_dropped"],
         "negatives_kept": select["negatives_kept"],

@@ -38,8 +38,9 @@ class Embedder:
         self.device = device
 
     @classmethod
-    def from_pretrained(cls, model_path: str, device: str = "cpu", dtype: str = "float32") -> "Embedder":
-        return cls(load_processor(model_path), load_model(model_path, device, dtype), device)
+    def from_pretrained(cls, model_path: str, device: str = "cpu", dtype: str = "float32",
+                        min_pixels: int | None = None, max_pixels: int | None = None) -> "Embedder":
+        return cls(load_processor(model_path, min_pixels, max_pixels), load_model(model_path, device, dtype), device)
 
     def prompts(self, items: Sequence[Item]) -> list[str]:
         return [render(self.processor, user_turn(item.content())) for item in items]

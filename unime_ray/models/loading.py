@@ -23,10 +23,17 @@ def torch_dtype(name: str):
     return getattr(torch, name)
 
 
-def load_processor(path: str):
+def pixel_budget(min_pixels: int | None, max_pixels: int | None) -> dict[str, int]:
+    """The image processor's pixel bounds that are set (None: the checkpoint's own). The
+    same keys go to Hugging Face processors and to vLLM's ``mm_processor_kwargs``; an image
+    is resized (aspect kept) to fit, so its token count is bounded by ``max_pixels``."""
+    return {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
+
+
+def load_processor(path: str, min_pixels: int | None = None, max_pixels: int | None = None):
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(path)
+    processor = AutoProcessor.from_pretrained(path, **pixel_budget(min_pixels, max_pixels))
     # Pooling and scoring find the last real token from the mask, so either side works;
     # left padding keeps batched prompts aligned at the answer position.
     processor.tokenizer.padding_side = "left"

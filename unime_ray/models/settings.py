@@ -10,23 +10,48 @@ from pydantic import Field
 from unime_ray.config import StrictModel
 
 
-class EngineSettings(StrictModel):
+# vLLM on CPU: no CUDA graphs to capture, and the default 128-token KV block is coarser than
+# a query's shared prefix, so the prefix cache would never hit.
+CPU_ENGINE_KWARGS = {"enforce_eager": True, "block_size": 32}
+QWEN2_VL_MIN_PIXELS = 56 * 56  # Qwen2-VL's own lower bound (4 patches of 28 px)
+
+
+class PixelBudget(StrictModel):
+    """Bounds on an image's pixel count after resizing (aspect kept), given to the Hugging
+    Face processor and to vLLM alike: they bound the image's tokens (Qwen2-VL: one per
+    28x28 area, so 672x672 -> 576 tokens). None: the checkpoint's own setting."""
+
+    min_pixels: int | None = Field(QWEN2_VL_MIN_PIXELS, ge=1, description="smaller images are upscaled to this")
+    # UniME-V2 embeds and trains Qwen2-VL at 672x672 ("mid" image_resolution).
+    max_pixels: int | None = Field(672 * 672, ge=1, description="larger images are downscaled to this")
+
+
+class EngineSettings(PixelBudget):
+    # The judge sees two images per pair and 33.8M pairs on MMEB-train: 448x448 (256 tokens
+    # an image) keeps a pair near 600 tokens, 2.2x fewer than at 672x672, for a yes/no
+    # decision on content that survives the downscale.
+    max_pixels: int | None = Field(448 * 448, ge=1, description="larger images are downscaled to this")
     backend: Literal["vllm", "transformers"] = Field("vllm", description="engine: vLLM, or transformers forward passes")
     model: str | None = Field(None, description="MLLM checkpoint: local dir or hub id")
     device: str = Field("cpu", description="transformers backend: 'cpu' or 'cuda'")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights' dtype (bfloat16 on GPUs)")
     forward_batch_size: int = Field(32, ge=1, description="transformers backend: pairs or prompts per forward pass")
     max_model_len: int = Field(2048, ge=64, description="vllm: longest prompt + answer in tokens")
-    kv_cache_gib: int | None = Field(1, ge=1, description="vllm on CPU: KV cache GiB (VLLM_CPU_KVCACHE_SPACE); None on GPUs")
+    kv_cache_gib: int | None = Field(1, ge=1, description="vllm on CPU only: KV cache GiB (VLLM_CPU_KVCACHE_SPACE)")
     engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="extra vllm.LLM arguments, e.g. tensor_parallel_size, gpu_memory_utilization")
+    # CPU: no CUDA graphs to capture, and the default 128-token KV block is coarser than a
+    # query's shared prefix, so the prefix cache would never hit.
+    cpu_engine_kwargs: dict[str, Any] = Field(
         default_factory=lambda: {"enforce_eager": True, "block_size": 32},
-        description="extra vllm.LLM arguments, e.g. tensor_parallel_size, gpu_memory_utilization")
+        description="vllm.LLM arguments applied only when vLLM runs on CPU (engine_kwargs win)")
 
     def engine_arguments(self) -> dict[str, Any]:
         """Keyword arguments of ``build_judge``; each backend takes the ones it uses."""
         return {"model": self.model, "device": self.device, "dtype": self.dtype, "max_model_len": self.max_model_len,
                 "kv_cache_gib": self.kv_cache_gib, "engine_kwargs": self.engine_kwargs,
-                "batch_size": self.forward_batch_size}
+                "cpu_engine_kwargs": self.cpu_engine_kwargs, "batch_size": self.forward_batch_size,
+                "min_pixels": self.min_pixels, "max_pixels": self.max_pixels}
 
 
 class RerankSettings(EngineSettings):

@@ -3,8 +3,9 @@ deployments, composed with ``.bind()``; ``build_app`` is what ``serve/config.yam
 
 Routes: ``POST /v1/search``, ``POST /v1/embed``, ``POST /v1/rerank``, ``GET /healthz``
 (the process answers), ``GET /readyz`` (the index is loaded). Bad input gets a 4xx whose
-``error`` names the field; with auth on, every route but the health checks needs
-``Authorization: Bearer <key>``.
+``error`` names the field; an item over its token or pixel budget gets its 413 or 422 here,
+before it can join (and slow down) a batch of other requests. With auth on, every route
+but the health checks needs ``Authorization: Bearer <key>``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from ray import serve
 
 from unime_ray import metrics
 from unime_ray.data.images import ImageError, load_image
-from unime_ray.models.inputs import Item, load_item
+from unime_ray.models.engines.scoring import prompt_tokens
+from unime_ray.models.inputs import Item, load_item, render, user_turn
 from unime_ray.serving.config import ServeAppConfig
 from unime_ray.serving.deployments import AUTOSCALING, Embedder, Index, Reranker
 from unime_ray.serving.schemas import (EmbedRequest, EmbedResponse, Hit, ItemIn, RerankRequest, RerankResponse,
@@ -106,6 +108,11 @@ class Ingress:
         self.config = ServeAppConfig.model_validate(config)
         self.embedder, self.index, self.reranker = embedder, index, reranker
         _Access.configure(self.config)
+        from unime_ray.models.loading import load_processor
+
+        e = self.config.embedder
+        # The embedder's own processor and pixel budget: items are measured as it will see them.
+        self.processor = load_processor(e.model, e.min_pixels, e.max_pixels)
 
     # --- helpers -----------------------------------------------------------------------
 
@@ -122,7 +129,20 @@ class Ingress:
                 image = load_image(data, None, None, self.config.limits.max_image_pixels)
             except ImageError as error:
                 raise BadInput(422, f"{field}.image", str(error)) from None
-        return Item(item.instruction or "", item.text or "", image)
+        item = Item(item.instruction or "", item.text or "", image)
+        try:
+            tokens = prompt_tokens(self.processor, render(self.processor, user_turn(item.content())), item.images())
+        except ValueError as error:  # the processor refuses the image (e.g. an aspect ratio over 200)
+            raise BadInput(422, f"{field}.image", str(error)) from None
+        limit = self.config.limits.max_item_tokens
+        if tokens > limit:
+            raise BadInput(413, field, f"{tokens} tokens (text, and image at the pixel budget), the limit is {limit}")
+        return item
+
+    async def _items(self, items: list[ItemIn], field: str) -> list[Item]:
+        """Parsed and measured off the event loop: a long text takes a while to tokenize."""
+        name = (lambda i: f"{field}.{i}") if len(items) > 1 or field == "items" else (lambda i: field)
+        return await asyncio.to_thread(lambda: [self._item(item, name(i)) for i, item in enumerate(items)])
 
     async def _call(self, response, stage: str):
         """Await a deployment's response within the time limit (504 past it)."""
@@ -166,7 +186,7 @@ class Ingress:
     async def embed(self, request: EmbedRequest) -> EmbedResponse:
         """Embed up to ``limits.max_items`` items (text and/or base64 image)."""
         self._count(len(request.items), "items")
-        items = [self._item(item, f"items.{i}") for i, item in enumerate(request.items)]
+        items = await self._items(request.items, "items")
         vectors = await self._embed(items, "items")
         return EmbedResponse(dim=len(vectors[0]), embeddings=[v.tolist() for v in vectors])
 
@@ -178,7 +198,7 @@ class Ingress:
             raise BadInput(422, "top_k", f"{request.top_k} is outside 1..{self.config.limits.max_top_k}")
         if request.rerank and self.reranker is None:
             raise BadInput(422, "rerank", "no reranker is configured (reranker.model)")
-        query = self._item(request, "query")
+        (query,) = await self._items([request], "query")
         (vector,) = await self._embed([query], "query")
         hits = await self._call(self.index.search.remote(vector, request.top_k), "search")
         order, reranked_order, scores, fallback = list(range(len(hits))), None, None, False
@@ -205,8 +225,8 @@ class Ingress:
         if self.reranker is None:
             raise BadInput(422, "rerank", "no reranker is configured (reranker.model)")
         self._count(len(request.candidates), "candidates", least=2)
-        query = self._item(request.query, "query")
-        candidates = [self._item(c, f"candidates.{i}") for i, c in enumerate(request.candidates)]
+        (query,) = await self._items([request.query], "query")
+        candidates = await self._items(request.candidates, "candidates")
         ranking = await self._call(self.reranker.rerank.remote((query, candidates)), "rerank")
         if ranking.error:
             raise BadInput(422, "candidates", ranking.error)

@@ -12,11 +12,11 @@ from pydantic import Field
 
 from unime_ray.config import StrictModel
 from unime_ray.mining.config import CorpusConfig, EmbedConfig
-from unime_ray.models.settings import RerankSettings
+from unime_ray.models.settings import PixelBudget, RerankSettings
 from unime_ray.retrieval.config import RetrievalConfig
 
 
-class EmbedderSettings(StrictModel):
+class EmbedderSettings(PixelBudget):
     model: str = Field(".cache/checkpoints/embedder", description="embedder checkpoint: the one the index was built with")
     device: str = Field("cpu", description="'cpu' or 'cuda' (with ray_actor_options.num_gpus)")
     dtype: str = Field("float32", description="weights' dtype (bfloat16 on GPUs)")
@@ -35,6 +35,8 @@ class Limits(StrictModel):
     max_items: int = Field(32, ge=1, description="items per /v1/embed request; candidates per /v1/rerank")
     max_top_k: int = Field(100, ge=1, description="largest top_k of /v1/search")
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="larger images are refused")
+    max_item_tokens: int = Field(
+        2048, ge=16, description="an item over this many embedder tokens (text + image at the pixel budget) gets 413")
     request_timeout_s: float = Field(30.0, gt=0, description="a stage slower than this gives 504")
 
 

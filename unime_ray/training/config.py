@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from unime_ray.config import StrictModel
+from unime_ray.models.settings import EngineSettings, PixelBudget
 from unime_ray.training.lora import LoraSettings
 
 
@@ -40,7 +41,7 @@ class CheckpointSettings(StrictModel):
     max_failures: int = Field(2, ge=0, description="worker-group restarts from the latest checkpoint")
 
 
-class TrainJobConfig(StrictModel):
+class TrainJobConfig(PixelBudget):
     """What every trainer's job takes: model, data, optimizer, scaling, checkpoints, export."""
 
     output_dir: str = Field("out/train", description="Ray Train storage, logs and the exported model")
@@ -92,6 +93,8 @@ class TrainRerankerConfig(TrainJobConfig):
     micro_batch_size: int | None = Field(None, ge=1, description="sequences per forward/backward (same gradient); "
                                                                  "None: one pass per kind")
     lora: LoraSettings = LoraSettings(r=128, alpha=256, dropout=0.05, dora=False)
+    # Trained at the resolution it judges and reranks at.
+    max_pixels: int | None = EngineSettings.model_fields["max_pixels"]
     optim: OptimSettings = OptimSettings(lr=2e-5, warmup_steps=0, max_steps=1000)
 
     @property

@@ -57,7 +57,7 @@ def load_trainable_model(cfg: TrainJobConfig):
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
     model.train()
-    return load_processor(cfg.model), model
+    return load_processor(cfg.model, cfg.min_pixels, cfg.max_pixels), model
 
 
 def run_training(cfg: TrainJobConfig, model, build_batch: BuildBatch, train_step: TrainStep) -> None:

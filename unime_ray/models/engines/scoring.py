@@ -24,7 +24,7 @@ JUDGE_PROMPT = (
 )
 
 Pair = tuple[Item, Item]
-Prompt = tuple[list[dict], list]  # (chat messages, their images in order)
+Chat = tuple[list[dict], list]  # (chat messages, their images in order)
 
 
 def yes_probability(yes: np.ndarray | float, no: np.ndarray | float) -> np.ndarray:
@@ -51,6 +51,9 @@ def judge_prompt(processor, pair: Pair) -> str:
     return render(processor, judge_messages(*pair), add_generation_prompt=True)
 
 
+Prompt = tuple[str, list]  # (rendered prompt, its images in order)
+
+
 def yes_no_token_ids(tokenizer, yes: str = "Yes", no: str = "No") -> tuple[int, int]:
     """Token ids of the answers; each must be a single token for a one-position score."""
     ids = []
@@ -66,19 +69,53 @@ def yes_no_token_ids(tokenizer, yes: str = "Yes", no: str = "No") -> tuple[int, 
 class JudgeResult:
     score: float | None
     error: str | None = None
+    tokens: int | None = None  # the prompt's tokens, images expanded
+    cached_tokens: int | None = None  # of those, served by the engine's prefix cache (vLLM)
 
 
-def score_isolating_failures(score_batch: Callable[[Sequence[Pair]], list[float]], pairs: Sequence[Pair]) -> list[JudgeResult]:
-    """Score a batch; if it fails, pair by pair, so one bad pair costs only itself."""
-    return [JudgeResult(None if score is None else float(score), error)
-            for score, error in call_isolating_failures(score_batch, pairs)]
+def prompt_tokens(processor, prompt: str, images: Sequence) -> int:
+    """Tokens the model sees for ``prompt``: its text tokens, with each image placeholder
+    expanded to that image's tokens under the processor's pixel budget. Computed from the
+    image sizes alone (``_get_num_multimodal_tokens``, the count the processor itself
+    expands to), so checking a pair costs a tokenization, not an image preprocessing."""
+    tokens = len(processor.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    if images:
+        sizes = [(image.height, image.width) for image in images]
+        tokens += sum(n - 1 for n in processor._get_num_multimodal_tokens(image_sizes=sizes).num_image_tokens)
+    return tokens
+
+
+def score_within_budget(processor, pairs: Sequence[Pair], max_prompt_tokens: int,
+                        score_prompts: Callable[[Sequence[Prompt]], list[tuple[float, int | None]]]) -> list[JudgeResult]:
+    """P(Yes) per pair; ``score_prompts`` gives (score, prefix-cached tokens or None) per prompt. A pair over the token budget fails alone before it reaches the
+    engine, naming its count; a batch that raises a data error is split until the failing
+    pairs stand alone; a NaN or infinite score is the pair's error."""
+    prompts = [(judge_prompt(processor, pair), pair[0].images() + pair[1].images()) for pair in pairs]
+    tokens: list[int | None] = []
+    results = []
+    for prompt, images in prompts:
+        try:
+            tokens.append(prompt_tokens(processor, prompt, images))
+            results.append(JudgeResult(None, f"pair over the token budget: {tokens[-1]} tokens, "
+                                             f"limit {max_prompt_tokens}", tokens[-1]))
+        except Exception as error:  # noqa: BLE001 - the processor refuses this item (e.g. its aspect ratio)
+            tokens.append(None)
+            results.append(JudgeResult(None, f"{type(error).__name__}: {error}"))
+    fits = [i for i, n in enumerate(tokens) if n is not None and n <= max_prompt_tokens]
+    outcomes = call_isolating_failures(score_prompts, [prompts[i] for i in fits]) if fits else []
+    for i, (scored, error) in zip(fits, outcomes):
+        score, cached = scored if error is None else (None, None)
+        if error is None and not np.isfinite(score):
+            score, error = None, f"the engine returned a non-finite score ({score})"
+        results[i] = JudgeResult(None if score is None else float(score), error, tokens[i], cached)
+    return results
 
 
 class Judge(Protocol):
     def score(self, pairs: Sequence[Pair]) -> list[JudgeResult]:
         """P(Yes) for each (query, candidate) pair, with an error instead where it failed."""
 
-    def generate(self, prompts: Sequence[Prompt], max_tokens: int) -> list[str]:
+    def generate(self, prompts: Sequence[Chat], max_tokens: int) -> list[str]:
         """Greedy answers (the listwise reranker's); raises if any prompt fails."""
 
 

@@ -7,37 +7,40 @@ from typing import Sequence
 
 import torch
 
-from unime_ray.models.engines.scoring import JudgeResult, Pair, Prompt, judge_prompt, score_isolating_failures, yes_no_token_ids, yes_probability
+from unime_ray.models.engines.scoring import Chat, JudgeResult, Pair, Prompt, score_within_budget, yes_no_token_ids, yes_probability
 from unime_ray.models.embedder import last_hidden
 from unime_ray.models.inputs import encode, render
 from unime_ray.models.loading import load_model, load_processor
 
 
 class TransformersJudge:
-    def __init__(self, model: str, device: str = "cpu", dtype: str = "float32", batch_size: int = 16, **_engine):
+    def __init__(self, model: str, device: str = "cpu", dtype: str = "float32", batch_size: int = 16,
+                 max_model_len: int = 2048, min_pixels: int | None = None, max_pixels: int | None = None, **_engine):
         self.device = device
         self.batch_size = batch_size
-        self.processor = load_processor(model)
+        # No engine limit here; the same budget as vLLM's keeps the two backends' rows identical.
+        self.max_model_len = max_model_len
+        self.processor = load_processor(model, min_pixels, max_pixels)
         self.model = load_model(model, device, dtype)
         self.yes_id, self.no_id = yes_no_token_ids(self.processor.tokenizer)
 
     @torch.no_grad()
-    def _score_batch(self, pairs: Sequence[Pair]) -> list[float]:
-        prompts = [judge_prompt(self.processor, pair) for pair in pairs]
-        images = [q.images() + c.images() for q, c in pairs]
-        batch = encode(self.processor, prompts, images, self.device)
+    def _score_prompts(self, prompts: Sequence[Prompt]) -> list[tuple[float, None]]:
+        batch = encode(self.processor, [prompt for prompt, _ in prompts], [images for _, images in prompts], self.device)
         # Only the answer position's logits are needed: project that one hidden state.
         logits = self.model.get_output_embeddings()(last_hidden(self.model, batch)).float()  # [B, V]
-        return yes_probability(logits[:, self.yes_id].cpu().numpy(), logits[:, self.no_id].cpu().numpy()).tolist()
+        scores = yes_probability(logits[:, self.yes_id].cpu().numpy(), logits[:, self.no_id].cpu().numpy()).tolist()
+        return [(score, None) for score in scores]  # no prefix cache
 
     def score(self, pairs: Sequence[Pair]) -> list[JudgeResult]:
         results: list[JudgeResult] = []
         for start in range(0, len(pairs), self.batch_size):
-            results += score_isolating_failures(self._score_batch, pairs[start : start + self.batch_size])
+            results += score_within_budget(self.processor, pairs[start : start + self.batch_size],
+                                           self.max_model_len - 1, self._score_prompts)
         return results
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[Prompt], max_tokens: int) -> list[str]:
+    def generate(self, prompts: Sequence[Chat], max_tokens: int) -> list[str]:
         """Greedy answers to chat prompts given as (messages, images)."""
         answers: list[str] = []
         tokenizer = self.processor.tokenizer
