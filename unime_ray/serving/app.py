@@ -21,6 +21,7 @@ import time
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray import serve
 
 from unime_ray import metrics
@@ -56,6 +57,13 @@ def _error(status: int, message: str, **headers) -> JSONResponse:
 @api.exception_handler(BadInput)
 async def _bad_input(request: Request, error: BadInput) -> JSONResponse:
     return _error(error.status, str(error))
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's own refusals (an unparsable body, an unknown route) in our error shape."""
+    where = "body" if error.status_code == 400 else request.url.path
+    return _error(error.status_code, f"{where}: {error.detail}", **(error.headers or {}))
 
 
 @api.exception_handler(RequestValidationError)

@@ -1,0 +1,165 @@
+"""Pipeline efficiency: the judge and embed stages inside the mining job against their raw
+engines on the same inputs.
+
+    python benchmarks/pipeline_efficiency.py [--num-images 60] [--top-k 30]
+
+1. The mining job (configs/mine.yaml, the demo's settings) runs on a local Ray cluster
+   over an easy-VQA corpus; its manifest gives each stage's seconds.
+2. The start-up an actor pays before its first batch (imports and model or engine load)
+   is measured in a fresh process and subtracted from the stage's seconds ("engine start
+   excluded").
+3. The raw engines run in this process on exactly the stage's inputs, in batches of the
+   stage's size: ``VLLMJudge`` on the rendered prompts of every pair (engine only), and
+   ``Embedder.embed`` on every query and target.
+
+Efficiency = job rows/s / raw rows/s. Writes benchmarks/results/pipeline_efficiency.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from reporting import REPO, setup_logging, write_result
+
+logger = logging.getLogger("benchmarks.pipeline_efficiency")
+
+START_UP = {
+    "judge": "from unime_ray.models.engines.scoring import build_judge; "
+             "build_judge('vllm', **{args})",
+    "embed": "from unime_ray.models.embedder import Embedder; Embedder.from_pretrained(**{args})",
+}
+
+
+def start_up_seconds(kind: str, args: dict) -> float:
+    """Seconds from a fresh interpreter to a loaded engine, as an actor pays them."""
+    code = ("import time; t = time.perf_counter(); " + START_UP[kind].format(args=repr(args))
+            + "; print('SECONDS', time.perf_counter() - t, flush=True)")
+    if kind == "judge":  # vLLM spawns its engine process: it needs a __main__ guard
+        code = "if __name__ == '__main__':\n    " + code.replace("; ", "\n    ")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=REPO)
+    seconds = [line.split()[1] for line in out.stdout.splitlines() if line.startswith("SECONDS")]
+    if not seconds:
+        raise RuntimeError(f"{kind} start-up failed: {out.stderr[-2000:]}")
+    return float(seconds[0])
+
+
+def judge_prompts(stage_dir: Path, image_root: str, config) -> list[list]:
+    """Each judge batch's rendered (prompt, images): the stage's pairs, its batch size."""
+    import pyarrow.parquet as pq
+
+    from unime_ray.dataplane.io import parquet_files
+    from unime_ray.dataplane.stages import ITEM_COLUMNS, row_item
+    from unime_ray.mining.judge_stage import TARGET_FIELDS
+    from unime_ray.models.engines.scoring import judge_prompt
+    from unime_ray.models.loading import load_processor
+
+    processor = load_processor(config.judge.model, config.judge.min_pixels, config.judge.max_pixels)
+    rows = [r for f in parquet_files(stage_dir) for r in pq.read_table(f).to_pylist()]
+    batches = []
+    for start in range(0, len(rows), config.judge.batch_size):
+        prompts = []
+        for row in rows[start:start + config.judge.batch_size]:
+            query = row_item(row, image_root, config.corpus.max_image_pixels)
+            for i in range(len(row["target_ids"])):
+                fields = {c: row[TARGET_FIELDS[c]][i] for c in ITEM_COLUMNS[1:]}
+                target = row_item(fields, image_root, config.corpus.max_image_pixels)
+                prompts.append((judge_prompt(processor, (query, target)), query.images() + target.images()))
+        batches.append(prompts)
+    return batches
+
+
+def raw_judge(batches: list[list], config) -> dict:
+    from unime_ray.models.engines.scoring import build_judge
+
+    judge = build_judge("vllm", **config.judge.engine_arguments())
+    judge._score_prompts(batches[0])  # warm-up, as the job's first batch is
+    started = time.perf_counter()
+    for prompts in batches:
+        judge._score_prompts(prompts)
+    seconds = time.perf_counter() - started
+    judge.close()
+    return {"pairs": sum(len(b) for b in batches), "seconds": seconds}
+
+
+def raw_embed(corpus_dir: Path, image_root: str, config) -> dict:
+    import pyarrow.parquet as pq
+
+    from unime_ray.dataplane.io import parquet_files
+    from unime_ray.dataplane.stages import row_item
+    from unime_ray.models.embedder import Embedder
+    from unime_ray.models.loading import set_torch_threads
+
+    set_torch_threads(config.embed.torch_threads)
+    e = config.embed
+    embedder = Embedder.from_pretrained(e.model, e.device, e.dtype, e.min_pixels, e.max_pixels)
+    items = [row_item(r, image_root, config.corpus.max_image_pixels) for name in ("queries", "targets")
+             for f in parquet_files(corpus_dir / name) for r in pq.read_table(f).to_pylist()]
+    embedder.embed(items[:e.batch_size])
+    started = time.perf_counter()
+    for start in range(0, len(items), e.batch_size):
+        embedder.embed(items[start:start + e.batch_size])
+    return {"rows": len(items), "seconds": time.perf_counter() - started}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num-images", type=int, default=60)
+    parser.add_argument("--top-k", type=int, default=30)
+    parser.add_argument("--out", default=str(REPO / "benchmarks/results/pipeline_efficiency.json"))
+    args = parser.parse_args()
+    setup_logging()
+    import ray
+
+    from unime_ray.config import load_config
+    from unime_ray.mining.config import MineConfig
+    from unime_ray.mining.pipeline import run_mining
+
+    output = Path(tempfile.mkdtemp(prefix="efficiency-"))
+    config = load_config(MineConfig, REPO / "configs/mine.yaml", [
+        f"output_dir={output}", f"corpus.num_images={args.num_images}", f"retrieval.top_k={args.top_k}",
+        "write_unime_json=false"])
+    for section in (config.embed, config.judge):
+        section.model = str(REPO / section.model)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    summary = run_mining(config)
+    ray.shutdown()
+    stages = json.loads((output / "manifest.json").read_text())["stages"]
+    image_root = summary["image_root"] + "/corpus_images"
+
+    judge_start = start_up_seconds("judge", config.judge.engine_arguments())
+    e = config.embed
+    embed_start = start_up_seconds("embed", {"model_path": e.model, "device": e.device, "dtype": e.dtype,
+                                             "min_pixels": e.min_pixels, "max_pixels": e.max_pixels})
+    batches = judge_prompts(output / "stages/pairs/rows", image_root, config)
+    raw_j = raw_judge(batches, config)
+    raw_e = raw_embed(output / "stages/corpus", image_root, config)
+
+    pairs, rows = summary["pairs_judged"], raw_e["rows"]
+    job_judge = pairs / (stages["judge"]["seconds"] - judge_start)
+    job_embed = rows / (stages["embed"]["seconds"] - 2 * embed_start)  # queries and targets: two pools
+    result = {
+        "corpus": {"queries": summary["queries_in"], "targets": summary["targets_in"], "pairs": pairs},
+        "judge": {"stage_seconds": stages["judge"]["seconds"], "engine_start_seconds": round(judge_start, 2),
+                  "job_pairs_per_s": round(job_judge, 1),
+                  "raw_engine_pairs_per_s": round(raw_j["pairs"] / raw_j["seconds"], 1),
+                  "efficiency": round(job_judge / (raw_j["pairs"] / raw_j["seconds"]), 3),
+                  "prefix_cache_hit_rate": summary["prefix_cache_hit_rate"]},
+        "embed": {"stage_seconds": stages["embed"]["seconds"], "model_start_seconds": round(embed_start, 2),
+                  "job_rows_per_s": round(job_embed, 1),
+                  "raw_forward_rows_per_s": round(raw_e["rows"] / raw_e["seconds"], 1),
+                  "efficiency": round(job_embed / (raw_e["rows"] / raw_e["seconds"]), 3)},
+        "settings": {"judge_batch_size_queries": config.judge.batch_size, "embed_batch_size": e.batch_size,
+                     "top_k": args.top_k, "num_images": args.num_images},
+    }
+    write_result(result, args.out)
+
+
+if __name__ == "__main__":
+    main()
