@@ -5,9 +5,9 @@ engines on the same inputs.
 
 1. The mining job (configs/mine.yaml, the demo's settings) runs on a local Ray cluster
    over an easy-VQA corpus; its manifest gives each stage's seconds.
-2. The start-up an actor pays before its first batch (imports and model or engine load)
-   is measured in a fresh process and subtracted from the stage's seconds ("engine start
-   excluded").
+2. The start-up an actor pays before its first batch (scheduling, a worker process,
+   imports, model or engine load) is measured with a probe actor on the same cluster and
+   subtracted from the stage's seconds ("engine start excluded").
 3. The raw engines run in this process on exactly the stage's inputs, in batches of the
    stage's size: ``VLLMJudge`` on the rendered prompts of every pair (engine only), and
    ``Embedder.embed`` on every query and target.
@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,24 +28,25 @@ from reporting import REPO, setup_logging, write_result
 
 logger = logging.getLogger("benchmarks.pipeline_efficiency")
 
-START_UP = {
-    "judge": "from unime_ray.models.engines.scoring import build_judge; "
-             "build_judge('vllm', **{args})",
-    "embed": "from unime_ray.models.embedder import Embedder; Embedder.from_pretrained(**{args})",
-}
+def start_up_seconds(load) -> float:
+    """Seconds from asking the cluster for an actor to its engine being loaded: what the
+    stage's actor pays before its first batch (scheduling, a worker process, imports, load)."""
+    import ray
 
+    @ray.remote(num_cpus=1)
+    class Probe:
+        def __init__(self):
+            self.engine = load()
 
-def start_up_seconds(kind: str, args: dict) -> float:
-    """Seconds from a fresh interpreter to a loaded engine, as an actor pays them."""
-    code = ("import time; t = time.perf_counter(); " + START_UP[kind].format(args=repr(args))
-            + "; print('SECONDS', time.perf_counter() - t, flush=True)")
-    if kind == "judge":  # vLLM spawns its engine process: it needs a __main__ guard
-        code = "if __name__ == '__main__':\n    " + code.replace("; ", "\n    ")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=REPO)
-    seconds = [line.split()[1] for line in out.stdout.splitlines() if line.startswith("SECONDS")]
-    if not seconds:
-        raise RuntimeError(f"{kind} start-up failed: {out.stderr[-2000:]}")
-    return float(seconds[0])
+        def ready(self) -> bool:
+            return True
+
+    started = time.perf_counter()
+    probe = Probe.remote()
+    ray.get(probe.ready.remote())
+    seconds = time.perf_counter() - started
+    ray.kill(probe)
+    return seconds
 
 
 def judge_prompts(stage_dir: Path, image_root: str, config) -> list[list]:
@@ -119,6 +118,8 @@ def main() -> None:
 
     from unime_ray.config import load_config
     from unime_ray.mining.config import MineConfig
+    from unime_ray.models.embedder import Embedder
+    from unime_ray.models.engines.scoring import build_judge
     from unime_ray.mining.pipeline import run_mining
 
     output = Path(tempfile.mkdtemp(prefix="efficiency-"))
@@ -129,14 +130,15 @@ def main() -> None:
         section.model = str(REPO / section.model)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     summary = run_mining(config)
-    ray.shutdown()
     stages = json.loads((output / "manifest.json").read_text())["stages"]
     image_root = summary["image_root"] + "/corpus_images"
 
-    judge_start = start_up_seconds("judge", config.judge.engine_arguments())
+    engine = config.judge.engine_arguments()
     e = config.embed
-    embed_start = start_up_seconds("embed", {"model_path": e.model, "device": e.device, "dtype": e.dtype,
-                                             "min_pixels": e.min_pixels, "max_pixels": e.max_pixels})
+    judge_start = start_up_seconds(lambda: build_judge("vllm", **engine))
+    embed_start = start_up_seconds(lambda: Embedder.from_pretrained(e.model, e.device, e.dtype, e.min_pixels,
+                                                                    e.max_pixels))
+    ray.shutdown()
     batches = judge_prompts(output / "stages/pairs/rows", image_root, config)
     raw_j = raw_judge(batches, config)
     raw_e = raw_embed(output / "stages/corpus", image_root, config)
