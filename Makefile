@@ -32,6 +32,7 @@ test: $(STAMP)
 
 bench: checkpoints
 	$(BIN)/python benchmarks/mine_scale.py
+	$(BIN)/python benchmarks/pipeline_efficiency.py
 	$(BIN)/python benchmarks/judge_throughput.py
 	@[ -f out/demo/mined.parquet ] || $(MAKE) demo
 	$(BIN)/python benchmarks/train_throughput.py
