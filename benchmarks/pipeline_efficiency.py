@@ -10,7 +10,8 @@ engines on the same inputs.
    subtracted from the stage's seconds ("engine start excluded").
 3. The raw engines run in this process on exactly the stage's inputs, in batches of the
    stage's size: ``VLLMJudge`` on the rendered prompts of every pair (engine only), and
-   ``Embedder.embed`` on every query and target.
+   ``Embedder.embed`` on every query and target. The embed stage is measured again alone
+   on a larger corpus (``--embed-images``), where its fixed costs no longer dominate.
 
 Efficiency = job rows/s / raw rows/s. Writes benchmarks/results/pipeline_efficiency.json.
 """
@@ -111,6 +112,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-images", type=int, default=60)
     parser.add_argument("--top-k", type=int, default=30)
+    parser.add_argument("--embed-images", type=int, default=1000,
+                        help="a larger corpus for the embed stage alone (its fixed costs swamp the small one)")
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/pipeline_efficiency.json"))
     args = parser.parse_args()
     setup_logging()
@@ -120,7 +123,7 @@ def main() -> None:
     from unime_ray.mining.config import MineConfig
     from unime_ray.models.embedder import Embedder
     from unime_ray.models.engines.scoring import build_judge
-    from unime_ray.mining.pipeline import run_mining
+    from unime_ray.mining.pipeline import run_mining, stage_corpus, stage_embed
 
     output = Path(tempfile.mkdtemp(prefix="efficiency-"))
     config = load_config(MineConfig, REPO / "configs/mine.yaml", [
@@ -133,6 +136,16 @@ def main() -> None:
     stages = json.loads((output / "manifest.json").read_text())["stages"]
     image_root = summary["image_root"] + "/corpus_images"
 
+    large = load_config(MineConfig, REPO / "configs/mine.yaml", [f"corpus.num_images={args.embed_images}"])
+    large.embed.model = config.embed.model
+    large_dir = output / "embed_large"
+    for name in ("corpus", "embed"):
+        (large_dir / name).mkdir(parents=True)
+    large_root = stage_corpus(large, large_dir / "corpus")["image_root"]
+    started = time.perf_counter()
+    stage_embed(large, large_dir / "corpus", large_root, large_dir / "embed")
+    large_seconds = time.perf_counter() - started
+
     engine = config.judge.engine_arguments()
     e = config.embed
     judge_start = start_up_seconds(lambda: build_judge("vllm", **engine))
@@ -142,6 +155,7 @@ def main() -> None:
     batches = judge_prompts(output / "stages/pairs/rows", image_root, config)
     raw_j = raw_judge(batches, config)
     raw_e = raw_embed(output / "stages/corpus", image_root, config)
+    raw_large = raw_embed(large_dir / "corpus", large_root, large)
 
     pairs, rows = summary["pairs_judged"], raw_e["rows"]
     job_judge = pairs / (stages["judge"]["seconds"] - judge_start)
@@ -157,8 +171,13 @@ def main() -> None:
                   "job_rows_per_s": round(job_embed, 1),
                   "raw_forward_rows_per_s": round(raw_e["rows"] / raw_e["seconds"], 1),
                   "efficiency": round(job_embed / (raw_e["rows"] / raw_e["seconds"]), 3)},
+        "embed_large": {"rows": raw_large["rows"], "stage_seconds": round(large_seconds, 2),
+                        "job_rows_per_s": round(raw_large["rows"] / (large_seconds - 2 * embed_start), 1),
+                        "raw_forward_rows_per_s": round(raw_large["rows"] / raw_large["seconds"], 1),
+                        "efficiency": round((raw_large["rows"] / (large_seconds - 2 * embed_start))
+                                            / (raw_large["rows"] / raw_large["seconds"]), 3)},
         "settings": {"judge_batch_size_queries": config.judge.batch_size, "embed_batch_size": e.batch_size,
-                     "top_k": args.top_k, "num_images": args.num_images},
+                     "top_k": args.top_k, "num_images": args.num_images, "embed_images": args.embed_images},
     }
     write_result(result, args.out)
 
