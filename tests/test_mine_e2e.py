@@ -95,9 +95,9 @@ def test_a_stopped_job_resumes_by_row_and_survives_an_engine_death(ray_head, pla
     engine killed mid-judge: the job still finishes, re-judging at most the rest plus the
     blocks in flight, with the records of an uninterrupted run and no extra rejects."""
     out, queries = tmp_path / "mine2", planted_corpus["good_queries"]
-    # Blocks of 8 queries (4 batches of 2), and 448x448 images (256 tokens each) so that
-    # judging takes long enough to be stopped midway.
-    slow = ["judge.batch_size=2", f"judge.min_pixels={448 * 448}"]
+    # Blocks of 4 queries (4 batches of 1), and 448x448 images (256 tokens each), so that
+    # judging takes long enough to be stopped midway with several blocks still to go.
+    slow = ["judge.batch_size=1", f"judge.min_pixels={448 * 448}"]
     started = submit_mining(ray_head, planted_corpus, checkpoints, out, "--no-wait", "--submission-id", "mine-stopped",
                             overrides=slow)
     assert started.returncode == 0, started.stderr
@@ -127,7 +127,7 @@ def test_a_stopped_job_resumes_by_row_and_survives_an_engine_death(ray_head, pla
     assert "the vLLM engine process died" in logs
 
     summary = json.loads((out / "summary.json").read_text())
-    pairs_per_query, block = 1 + TOP_K, 8 * (1 + TOP_K)
+    pairs_per_query, block = 1 + TOP_K, 4 * (1 + TOP_K)
     assert summary["pairs_restored"] >= restorable * pairs_per_query
     # The rest, the block the stop cut short, and the block the engine's death cut short.
     assert summary["pairs_judged_this_run"] <= (queries - restorable) * pairs_per_query + block
