@@ -8,9 +8,10 @@ engines on the same inputs.
 2. The start-up an actor pays before its first batch (scheduling, a worker process,
    imports, model or engine load) is measured with a probe actor on the same cluster and
    subtracted from the stage's seconds ("engine start excluded").
-3. The raw engines run in this process on exactly the stage's inputs, in batches of the
-   stage's size: ``VLLMJudge`` on the rendered prompts of every pair (engine only), and
-   ``Embedder.embed`` on every query and target. The embed stage is measured again alone
+3. The raw engines run in this process on exactly the stage's inputs: ``VLLMJudge`` on
+   every pair, prepared beforehand (prompts rendered, images fitted) and submitted at
+   once, so the engine alone runs at its best; ``Embedder.embed`` on every query and
+   target, in batches of the stage's size. The embed stage is measured again alone
    on a larger corpus (``--embed-images``), where its fixed costs no longer dominate.
 
 Efficiency = job rows/s / raw rows/s. Writes benchmarks/results/pipeline_efficiency.json.
@@ -19,6 +20,7 @@ Efficiency = job rows/s / raw rows/s. Writes benchmarks/results/pipeline_efficie
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import tempfile
@@ -50,42 +52,39 @@ def start_up_seconds(load) -> float:
     return seconds
 
 
-def judge_prompts(stage_dir: Path, image_root: str, config) -> list[list]:
-    """Each judge batch's rendered (prompt, images): the stage's pairs, its batch size."""
+def judge_requests(stage_dir: Path, image_root: str, config) -> list:
+    """Every pair of the stage, prepared for the engine (prompt rendered, images fitted)."""
     import pyarrow.parquet as pq
 
     from unime_ray.dataplane.io import parquet_files
     from unime_ray.dataplane.stages import ITEM_COLUMNS, row_item
     from unime_ray.mining.judge_stage import TARGET_FIELDS
-    from unime_ray.models.engines.scoring import judge_prompt
+    from unime_ray.models.engines.scoring import prepare_pairs
     from unime_ray.models.loading import load_processor
 
     processor = load_processor(config.judge.model, config.judge.min_pixels, config.judge.max_pixels)
-    rows = [r for f in parquet_files(stage_dir) for r in pq.read_table(f).to_pylist()]
-    batches = []
-    for start in range(0, len(rows), config.judge.batch_size):
-        prompts = []
-        for row in rows[start:start + config.judge.batch_size]:
+    pairs = []
+    for file in parquet_files(stage_dir):
+        for row in pq.read_table(file).to_pylist():
             query = row_item(row, image_root, config.corpus.max_image_pixels)
             for i in range(len(row["target_ids"])):
                 fields = {c: row[TARGET_FIELDS[c]][i] for c in ITEM_COLUMNS[1:]}
-                target = row_item(fields, image_root, config.corpus.max_image_pixels)
-                prompts.append((judge_prompt(processor, (query, target)), query.images() + target.images()))
-        batches.append(prompts)
-    return batches
+                pairs.append((query, row_item(fields, image_root, config.corpus.max_image_pixels)))
+    return prepare_pairs(processor, pairs, config.judge.max_model_len - 1)
 
 
-def raw_judge(batches: list[list], config) -> dict:
+def raw_judge(requests: list, config) -> dict:
+    """The engine alone at its best: every prepared pair submitted at once, so its
+    scheduler's batch is always full (what the stage's batches in flight aim at)."""
     from unime_ray.models.engines.scoring import build_judge
 
     judge = build_judge("vllm", **config.judge.engine_arguments())
-    judge._score_prompts(batches[0])  # warm-up, as the job's first batch is
+    asyncio.run(judge.score_prepared(requests[:8]))  # warm-up (few pairs: little for the prefix cache)
     started = time.perf_counter()
-    for prompts in batches:
-        judge._score_prompts(prompts)
+    asyncio.run(judge.score_prepared(requests))
     seconds = time.perf_counter() - started
     judge.close()
-    return {"pairs": sum(len(b) for b in batches), "seconds": seconds}
+    return {"pairs": len(requests), "seconds": seconds}
 
 
 def raw_embed(corpus_dir: Path, image_root: str, config) -> dict:
@@ -152,8 +151,7 @@ def main() -> None:
     embed_start = start_up_seconds(lambda: Embedder.from_pretrained(e.model, e.device, e.dtype, e.min_pixels,
                                                                     e.max_pixels))
     ray.shutdown()
-    batches = judge_prompts(output / "stages/pairs/rows", image_root, config)
-    raw_j = raw_judge(batches, config)
+    raw_j = raw_judge(judge_requests(output / "stages/pairs/rows", image_root, config), config)
     raw_e = raw_embed(output / "stages/corpus", image_root, config)
     raw_large = raw_embed(large_dir / "corpus", large_root, large)
 

@@ -9,7 +9,7 @@ import torch
 
 from unime_ray.dataplane.stages import ActorStage
 from unime_ray.mining.config import JudgeConfig
-from unime_ray.mining.judge_stage import JudgeUDF
+from unime_ray.mining.judge_stage import JudgeUDF, judge_dataset
 
 pytestmark = pytest.mark.ray
 
@@ -33,16 +33,16 @@ class JudgeThatRunsOutOfMemoryOnce(JudgeUDF):
         self.marks = Path(marks)
         with open(self.marks / "starts", "a") as starts:
             starts.write("x")
-        score = self.judge.score
+        score = self.judge.score_prepared
 
-        def score_or_fail(pairs):
+        async def score_or_fail(prepared):
             try:
                 (self.marks / "failed").touch(exist_ok=False)
             except FileExistsError:
-                return score(pairs)
+                return await score(prepared)
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-        self.judge.score = score_or_fail
+        self.judge.score_prepared = score_or_fail
 
 
 def test_an_engine_error_restarts_the_actor_and_retries_the_batch(local_ray, checkpoints, tmp_path):
@@ -51,14 +51,11 @@ def test_an_engine_error_restarts_the_actor_and_retries_the_batch(local_ray, che
     rows = [{"id": f"q{i}", "instruction": None, "text": f"shape {i}", "image": None, "image_path": None,
              "target_ids": ["t"], "target_instructions": [None], "target_texts": ["a red square"],
              "target_images": [None], "target_image_paths": [None], "target_found": [True]} for i in range(6)]
-    config = JudgeConfig(backend="transformers", model=checkpoints["judge"], num_cpus=0.5, batch_size=2)
-    stage = ActorStage.from_config(config)
-    assert stage.map_batches_kwargs()["max_restarts"] == 8
-    judged = stage.blocks(ray.data.from_arrow(pa.Table.from_pylist(rows))).map_batches(
-        JudgeThatRunsOutOfMemoryOnce,
-        fn_constructor_kwargs={"marks": str(tmp_path), "backend": "transformers", "image_root": None,
-                               "max_pixels": 1 << 24, **config.engine_arguments()},
-        **stage.map_batches_kwargs()).take_all()
+    config = JudgeConfig(backend="transformers", model=checkpoints["judge"], num_cpus=0.5, batch_size=2,
+                         prep_num_cpus=0.25)
+    assert ActorStage.from_config(config).map_batches_kwargs()["max_restarts"] == 8
+    judged = judge_dataset(ray.data.from_arrow(pa.Table.from_pylist(rows)), config, None, 1 << 24,
+                           JudgeThatRunsOutOfMemoryOnce, {"marks": str(tmp_path)}).take_all()
     assert (tmp_path / "failed").exists()  # the failure did happen
     assert (tmp_path / "starts").read_text() == "xx"  # on one actor, then on its restart
     assert sorted(r["id"] for r in judged) == [f"q{i}" for i in range(6)]  # nothing lost or duplicated

@@ -2,12 +2,14 @@
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from unime_ray.data.easyvqa import build_easyvqa_corpus
 from unime_ray.data.images import load_image
 from unime_ray.models.engines.scoring import build_judge, judge_prompt
-from unime_ray.models.inputs import Item, encode
+from unime_ray.models.inputs import Item, encode, fit_image
+from unime_ray.models.loading import load_processor
 
 pytestmark = pytest.mark.vllm
 
@@ -71,3 +73,20 @@ def test_an_image_over_the_token_budget_fails_alone(checkpoints, pairs):
     results = judge.score([pairs[0], pairs[-1], pairs[1]])
     assert results[0].error is None and results[2].error is None
     assert results[1].score is None and results[1].tokens > 5041 and "limit 511" in results[1].error
+
+
+def test_an_image_fitted_ahead_is_what_the_processor_makes_of_the_original(checkpoints):
+    """The CPU stage's resize (``fit_image``) replaces the engine processor's own: the
+    processor then finds the image at size, and its pixel values are bit-identical."""
+    processor = load_processor(checkpoints["judge"], **BUDGET)
+    rng = np.random.default_rng(0)
+    resized = 0
+    for width, height in [(2000, 2000), (640, 480), (100, 300), (30, 30), (224, 224)]:
+        original = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+        fitted = fit_image(processor.image_processor, original)
+        resized += fitted.size != original.size
+        plain = processor.image_processor(images=[original], return_tensors="pt")
+        ahead = processor.image_processor(images=[fitted], return_tensors="pt")
+        assert torch.equal(plain["image_grid_thw"], ahead["image_grid_thw"])
+        assert torch.equal(plain["pixel_values"], ahead["pixel_values"]), (width, height)
+    assert resized == 4  # all but the one already at a size the budget allows

@@ -124,7 +124,8 @@ def test_a_stopped_job_resumes_by_row_and_survives_an_engine_death(ray_head, pla
     logs = subprocess.run([str(BIN / "ray"), "job", "logs", "--address", ray_head["address"], "mine-resumed"],
                           env=ray_head["env"], capture_output=True, text=True, timeout=120).stdout
     assert "stage embed: already complete, skipped" in logs and "stage judge: resuming from its checkpoint" in logs
-    assert "the vLLM engine process died" in logs
+    # vLLM raised EngineDeadError in the waiting requests; the actor exited to be restarted.
+    assert "EngineDeadError" in logs and "exiting so that Ray restarts this actor" in logs
 
     summary = json.loads((out / "summary.json").read_text())
     pairs_per_query, block = 1 + TOP_K, 4 * (1 + TOP_K)

@@ -12,6 +12,7 @@ the batch on a fresh engine (``exit_on_infrastructure_error``).
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 import sys
@@ -58,21 +59,36 @@ def call_isolating_failures(fn: Callable[[Sequence[T]], Sequence[R]], items: Seq
 
 
 def exit_on_infrastructure_error(call: Callable) -> Callable:
-    """Decorates an actor UDF's ``__call__``: an infrastructure error exits the actor's
-    process. Ray Data's actor pools run with ``max_restarts`` and ``max_task_retries``, so
-    the actor is restarted (a fresh engine) and the batch retried there. Raising instead
-    would retry the task on the same broken actor; ``ray.actor.exit_actor`` would be taken
-    as an intended exit and not retried (as in ``ray.data.llm``'s vLLM stage)."""
+    """Decorates an actor UDF's ``__call__`` (plain or async): an infrastructure error exits
+    the actor's process. Ray Data's actor pools run with ``max_restarts`` and
+    ``max_task_retries``, so the actor is restarted (a fresh engine) and the batch retried
+    there. Raising instead would retry the task on the same broken actor;
+    ``ray.actor.exit_actor`` would be taken as an intended exit and not retried (as in
+    ``ray.data.llm``'s vLLM stage)."""
+    def exit_if_infrastructure(self, error: Exception) -> None:
+        if not is_infrastructure_error(error):
+            return
+        logger.error("%s: %s: %s; exiting so that Ray restarts this actor and retries the batch",
+                     type(self).__name__, type(error).__name__, error)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+    if inspect.iscoroutinefunction(call):
+        @functools.wraps(call)
+        async def guarded_async(self, *args, **kwargs):
+            try:
+                return await call(self, *args, **kwargs)
+            except Exception as error:
+                exit_if_infrastructure(self, error)
+                raise
+        return guarded_async
+
     @functools.wraps(call)
     def guarded(self, *args, **kwargs):
         try:
             return call(self, *args, **kwargs)
         except Exception as error:
-            if not is_infrastructure_error(error):
-                raise
-            logger.error("%s: %s: %s; exiting so that Ray restarts this actor and retries the batch",
-                         type(self).__name__, type(error).__name__, error)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(1)
+            exit_if_infrastructure(self, error)
+            raise
     return guarded

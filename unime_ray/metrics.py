@@ -33,6 +33,7 @@ HISTOGRAMS = {
 GAUGES = {
     "mining_stage_seconds": ("Seconds the last run of a mining stage took", ("stage",)),
     "train_samples_per_second": ("Training throughput across workers, by training run", ("run",)),
+    "judge_batches_in_flight": ("Judge batches one engine actor is scoring at once", ()),
 }
 
 

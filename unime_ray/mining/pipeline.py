@@ -25,9 +25,8 @@ from unime_ray.data.sources import ROW_COLUMN, corpus_files, read_corpus
 from unime_ray.data.validate import ERROR_COLUMN, check_positives, check_rows, mark_duplicates, positive_status
 from unime_ray.dataplane.embed_stage import embed_dataset
 from unime_ray.dataplane.io import count_rows, publish, read_dataset, rows_where_error, write_dataset, write_resumable
-from unime_ray.dataplane.stages import ActorStage
 from unime_ray.mining.config import MineConfig
-from unime_ray.mining.judge_stage import JudgeUDF, pair_inputs
+from unime_ray.mining.judge_stage import judge_dataset, pair_inputs
 from unime_ray.mining.manifest import Manifest, fingerprint, path_signature
 from unime_ray.mining.select_stage import RECORD_SCHEMA, SELECTED_SCHEMA, select_records
 from unime_ray.retrieval.shards import search_dataset, shard_files, start_shards
@@ -112,16 +111,9 @@ def stage_judge(config: MineConfig, pairs_dir: Path, image_root: str | None, out
     """Scores every pair; resumes by query row, so a killed run re-judges at most the
     blocks that were in flight. Reports the pairs judged by this run, those restored from
     earlier runs, and the prefix cache's share of this run's prompt tokens."""
-    j = config.judge
-    stage = ActorStage.from_config(j)
-
     def judged():
-        return stage.blocks(read_dataset(pairs_dir / "rows")).map_batches(
-            JudgeUDF,
-            fn_constructor_kwargs={"backend": j.backend, "image_root": image_root,
-                                   "max_pixels": config.corpus.max_image_pixels, "torch_threads": j.torch_threads,
-                                   **j.engine_arguments()},
-            **stage.map_batches_kwargs())
+        return judge_dataset(read_dataset(pairs_dir / "rows"), config.judge, image_root,
+                             config.corpus.max_image_pixels)
 
     new = write_resumable(judged, out / "scores", out / "checkpoint", ROW_COLUMN)
     sums = {"pairs": 0, "prompt_tokens": 0, "cached_tokens": 0}

@@ -35,6 +35,30 @@ class Item:
         return [self.image] if self.image is not None else []
 
 
+def fit_image(image_processor, image: Image.Image) -> Image.Image:
+    """``image`` resized exactly as ``image_processor`` will resize it (Qwen2-VL family: to
+    multiples of the merged patch within its min/max pixels, by its own resize), so that
+    the engine's processor finds it already at size and its resize is a no-op. Done in a
+    CPU stage, this keeps the resize of large images off the accelerator's actor.
+    Processors without that resize are left to resize at the engine."""
+    if image_processor is None or not hasattr(image_processor, "merge_size"):
+        return image
+    import numpy as np
+    import torch
+
+    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]
+    resized = image_processor.resize(pixels, image_processor.size, image_processor.resample,
+                                     image_processor.patch_size * image_processor.merge_size)
+    return Image.fromarray(resized[0].permute(1, 2, 0).numpy())
+
+
+def fit_item(image_processor, item: "Item") -> "Item":
+    """``item`` with its image fitted to the processor's pixel budget (``fit_image``)."""
+    if item.image is None:
+        return item
+    return Item(item.instruction, item.text, fit_image(image_processor, item.image))
+
+
 def load_item(instruction: str | None, text: str | None, image_ref: str | None, image_root: str | None,
               max_pixels: int = DEFAULT_MAX_PIXELS) -> Item:
     """An item whose image is a path under ``image_root`` ("" or None: no image); raises

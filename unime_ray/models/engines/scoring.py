@@ -15,7 +15,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from unime_ray.failures import call_isolating_failures
-from unime_ray.models.inputs import Item, render, user_turn
+from unime_ray.models.inputs import Item, fit_item, render, user_turn
 
 JUDGE_PROMPT = (
     "I will provide you with a query and a candidate. Please evaluate whether the candidate "
@@ -51,9 +51,6 @@ def judge_prompt(processor, pair: Pair) -> str:
     return render(processor, judge_messages(*pair), add_generation_prompt=True)
 
 
-Prompt = tuple[str, list]  # (rendered prompt, its images in order)
-
-
 def yes_no_token_ids(tokenizer, yes: str = "Yes", no: str = "No") -> tuple[int, int]:
     """Token ids of the answers; each must be a single token for a one-position score."""
     ids = []
@@ -85,35 +82,81 @@ def prompt_tokens(processor, prompt: str, images: Sequence) -> int:
     return tokens
 
 
-def score_within_budget(processor, pairs: Sequence[Pair], max_prompt_tokens: int,
-                        score_prompts: Callable[[Sequence[Prompt]], list[tuple[float, int | None]]]) -> list[JudgeResult]:
-    """P(Yes) per pair; ``score_prompts`` gives (score, prefix-cached tokens or None) per prompt. A pair over the token budget fails alone before it reaches the
-    engine, naming its count; a batch that raises a data error is split until the failing
-    pairs stand alone; a NaN or infinite score is the pair's error."""
-    prompts = [(judge_prompt(processor, pair), pair[0].images() + pair[1].images()) for pair in pairs]
-    tokens: list[int | None] = []
-    results = []
-    for prompt, images in prompts:
+@dataclass(frozen=True)
+class JudgeRequest:
+    """A pair ready for an engine: its rendered prompt, its images already fitted to the
+    pixel budget, and its token count (within the budget). Built on CPUs, ahead of the
+    engine (``prepare_pair``), so the accelerator's actor only runs the model."""
+
+    prompt: str
+    images: tuple
+    tokens: int
+
+
+Prepared = JudgeRequest | JudgeResult  # a pair ready for the engine, or why it never will be
+
+
+def prepare_pair(processor, pair: Pair, max_prompt_tokens: int) -> Prepared:
+    """The CPU half of judging a pair whose images are already fitted (``fit_item``): the
+    prompt rendered and its tokens counted; a pair over the budget, or one the processor
+    refuses, is its own error, naming the count."""
+    try:
+        prompt = judge_prompt(processor, pair)
+        images = tuple(pair[0].images() + pair[1].images())
+        tokens = prompt_tokens(processor, prompt, images)
+    except Exception as error:  # noqa: BLE001 - the processor refuses this item (e.g. its aspect ratio)
+        return JudgeResult(None, f"{type(error).__name__}: {error}")
+    if tokens > max_prompt_tokens:
+        return JudgeResult(None, f"pair over the token budget: {tokens} tokens, limit {max_prompt_tokens}", tokens)
+    return JudgeRequest(prompt, images, tokens)
+
+
+def prepare_pairs(processor, pairs: Sequence[Pair], max_prompt_tokens: int) -> list[Prepared]:
+    """``prepare_pair`` for raw pairs: images fitted first (an image the processor refuses
+    fails its pair)."""
+    prepared = []
+    for query, candidate in pairs:
         try:
-            tokens.append(prompt_tokens(processor, prompt, images))
-            results.append(JudgeResult(None, f"pair over the token budget: {tokens[-1]} tokens, "
-                                             f"limit {max_prompt_tokens}", tokens[-1]))
-        except Exception as error:  # noqa: BLE001 - the processor refuses this item (e.g. its aspect ratio)
-            tokens.append(None)
-            results.append(JudgeResult(None, f"{type(error).__name__}: {error}"))
-    fits = [i for i, n in enumerate(tokens) if n is not None and n <= max_prompt_tokens]
-    outcomes = call_isolating_failures(score_prompts, [prompts[i] for i in fits]) if fits else []
-    for i, (scored, error) in zip(fits, outcomes):
-        score, cached = scored if error is None else (None, None)
-        if error is None and not np.isfinite(score):
-            score, error = None, f"the engine returned a non-finite score ({score})"
-        results[i] = JudgeResult(None if score is None else float(score), error, tokens[i], cached)
+            fitted = (fit_item(processor.image_processor, query), fit_item(processor.image_processor, candidate))
+        except Exception as error:  # noqa: BLE001 - e.g. an aspect ratio the processor refuses
+            prepared.append(JudgeResult(None, f"{type(error).__name__}: {error}"))
+            continue
+        prepared.append(prepare_pair(processor, fitted, max_prompt_tokens))
+    return prepared
+
+
+def scored(request: JudgeRequest, score: float | None, cached: int | None, error: str | None) -> JudgeResult:
+    """An engine's outcome for ``request``; a NaN or infinite score is the pair's error."""
+    if error is None and not np.isfinite(score):
+        score, error = None, f"the engine returned a non-finite score ({score})"
+    return JudgeResult(None if error else float(score), error, request.tokens, None if error else cached)
+
+
+def score_in_batches(prepared: Sequence[Prepared], score_requests: Callable[[Sequence[JudgeRequest]], list[tuple[float, int | None]]],
+                     batch_size: int) -> list[JudgeResult]:
+    """Prepared pairs scored by a batch engine, ``batch_size`` requests a call; a batch that
+    raises a data error is split until the failing pairs stand alone. ``score_requests``
+    gives (score, prefix-cached tokens or None) per request."""
+    results: list[JudgeResult | None] = [p if isinstance(p, JudgeResult) else None for p in prepared]
+    todo = [i for i, p in enumerate(prepared) if isinstance(p, JudgeRequest)]
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start:start + batch_size]
+        outcomes = call_isolating_failures(score_requests, [prepared[i] for i in chunk])
+        for i, (outcome, error) in zip(chunk, outcomes):
+            results[i] = scored(prepared[i], *(outcome or (None, None)), error)
     return results
 
 
 class Judge(Protocol):
+    processor: object  # the Hugging Face processor, with the judge's pixel budget
+    max_model_len: int
+
     def score(self, pairs: Sequence[Pair]) -> list[JudgeResult]:
         """P(Yes) for each (query, candidate) pair, with an error instead where it failed."""
+
+    async def score_prepared(self, prepared: Sequence[Prepared]) -> list[JudgeResult]:
+        """P(Yes) for pairs prepared on CPUs (``prepare_pair``); several calls may be in
+        flight at once, and an engine keeps them all scheduled."""
 
     def generate(self, prompts: Sequence[Chat], max_tokens: int) -> list[str]:
         """Greedy answers (the listwise reranker's); raises if any prompt fails."""

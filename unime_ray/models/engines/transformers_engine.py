@@ -3,11 +3,14 @@ and greedy short answers, for the listwise reranker."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Sequence
 
 import torch
 
-from unime_ray.models.engines.scoring import Chat, JudgeResult, Pair, Prompt, score_within_budget, yes_no_token_ids, yes_probability
+from unime_ray.models.engines.scoring import (Chat, JudgeRequest, JudgeResult, Pair, Prepared, prepare_pairs,
+                                              score_in_batches, yes_no_token_ids, yes_probability)
 from unime_ray.models.embedder import last_hidden
 from unime_ray.models.inputs import encode, render
 from unime_ray.models.loading import load_model, load_processor
@@ -23,21 +26,25 @@ class TransformersJudge:
         self.processor = load_processor(model, min_pixels, max_pixels)
         self.model = load_model(model, device, dtype)
         self.yes_id, self.no_id = yes_no_token_ids(self.processor.tokenizer)
+        self.lock = threading.Lock()  # one forward pass at a time, however many batches wait
 
     @torch.no_grad()
-    def _score_prompts(self, prompts: Sequence[Prompt]) -> list[tuple[float, None]]:
-        batch = encode(self.processor, [prompt for prompt, _ in prompts], [images for _, images in prompts], self.device)
+    def _score_requests(self, requests: Sequence[JudgeRequest]) -> list[tuple[float, None]]:
+        batch = encode(self.processor, [r.prompt for r in requests], [r.images for r in requests], self.device)
         # Only the answer position's logits are needed: project that one hidden state.
         logits = self.model.get_output_embeddings()(last_hidden(self.model, batch)).float()  # [B, V]
         scores = yes_probability(logits[:, self.yes_id].cpu().numpy(), logits[:, self.no_id].cpu().numpy()).tolist()
         return [(score, None) for score in scores]  # no prefix cache
 
+    def _score_batches(self, prepared: Sequence[Prepared]) -> list[JudgeResult]:
+        with self.lock:
+            return score_in_batches(prepared, self._score_requests, self.batch_size)
+
+    async def score_prepared(self, prepared: Sequence[Prepared]) -> list[JudgeResult]:
+        return await asyncio.to_thread(self._score_batches, prepared)
+
     def score(self, pairs: Sequence[Pair]) -> list[JudgeResult]:
-        results: list[JudgeResult] = []
-        for start in range(0, len(pairs), self.batch_size):
-            results += score_within_budget(self.processor, pairs[start : start + self.batch_size],
-                                           self.max_model_len - 1, self._score_prompts)
-        return results
+        return self._score_batches(prepare_pairs(self.processor, pairs, self.max_model_len - 1))
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[Chat], max_tokens: int) -> list[str]:
