@@ -62,10 +62,10 @@ def time_embedding(model: str, rows: int, actors: int) -> dict:
 
     from unime_ray.data.easyvqa import build_easyvqa_corpus
     from unime_ray.dataplane.config import EmbedConfig
-    from unime_ray.dataplane.embed_stage import EmbedUDF, embed_dataset
+    from unime_ray.dataplane.embed_stage import EmbedPrepUDF, embed_dataset
 
     corpus = build_easyvqa_corpus(num_images=100, seed=0)  # images and texts, as in mining
-    table = corpus.queries.select(list(EmbedUDF.INPUT_COLUMNS))
+    table = corpus.queries.select(list(EmbedPrepUDF.INPUT_COLUMNS))
     table = pa.concat_tables([table] * (rows // table.num_rows + 1)).slice(0, rows)
     blocks = [table.slice(start, 64) for start in range(0, rows, 64)]  # enough blocks for every actor
     config = EmbedConfig(model=model, num_actors=actors, num_cpus=0.5, batch_size=16)

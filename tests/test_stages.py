@@ -9,7 +9,8 @@ from conftest import png_bytes
 
 from unime_ray.data.corpus import TARGET_SCHEMA
 from unime_ray.data.images import load_image
-from unime_ray.dataplane.embed_stage import EmbedUDF
+from unime_ray.dataplane.embed_stage import EmbedPrepUDF, EmbedUDF
+from unime_ray.models.embedder import Embedder
 from unime_ray.dataplane.tensors import vectors
 from unime_ray.mining.judge_stage import (PREPARED_COLUMNS, TARGET_FIELDS, JudgePrepUDF, JudgeUDF, assemble_query,
                                          explode_pairs, target_rows)
@@ -19,29 +20,36 @@ from unime_ray.models.inputs import Item
 THIN = png_bytes(size=(2, 600))  # decodes fine; Qwen2-VL's processor refuses aspect ratios over 200
 
 
-def test_embed_udf_reports_bad_rows_and_embeds_the_rest(checkpoints, tmp_path):
-    udf = EmbedUDF(checkpoints["embedder"], "cpu", "float32", str(tmp_path), 1 << 24, 1)
+def test_embed_stages_report_bad_rows_and_embed_the_rest(checkpoints, tmp_path):
+    prep = EmbedPrepUDF(checkpoints["embedder"], str(tmp_path), 1 << 24, {"min_pixels": 56 * 56, "max_pixels": 224 * 224})
+    udf = EmbedUDF(checkpoints["embedder"], "cpu", "float32", 1, budget={"min_pixels": 56 * 56, "max_pixels": 224 * 224})
     batch = pa.Table.from_pylist([
         {"id": "text", "text": "a red square", "dataset": "d"},
         {"id": "image", "image": png_bytes()},
         {"id": "corrupt", "image": b"garbage"},
         {"id": "thin", "image": THIN},
-        {"id": "image2", "instruction": "Represent the given image.", "image": png_bytes((0, 0, 255))},
+        {"id": "image2", "instruction": "Represent the given image.", "image": png_bytes((0, 0, 255), (900, 600))},
     ], schema=TARGET_SCHEMA)
-    out = udf(batch)
-    assert out.column_names == [*TARGET_SCHEMA.names, "embedding", "error"]  # input columns carried through
+    prepared = prep(batch)
+    fitted = prepared["pixels"].to_pylist()
+    assert fitted[0] is None and (fitted[1]["height"], fitted[1]["width"]) == (56, 56)  # 32x32 upscaled to the floor
+    assert (fitted[4]["height"], fitted[4]["width"]) == (168, 252)  # 600x900 fitted under 224x224 by the CPU stage
+    out = udf(prepared)
+    assert out.column_names == [*TARGET_SCHEMA.names, "error", "embedding"]  # input columns carried through
     assert out["dataset"].to_pylist()[0] == "d"
     assert pa.types.is_fixed_size_list(out["embedding"].type) and out["embedding"].type.list_size == 64
     matrix, errors = vectors(out["embedding"]), out["error"].to_pylist()
     assert out["embedding"].is_valid().to_pylist() == [True, True, False, False, True]
     for good in (0, 1, 4):
         assert errors[good] is None and abs(np.linalg.norm(matrix[good]) - 1) < 1e-5
-    assert "cannot be decoded" in errors[2] and errors[3].startswith("embedding failed")
-    # The good rows of the failed batch got the same vectors as when embedded alone.
-    alone = vectors(udf(batch.slice(1, 1))["embedding"])[0]
-    assert np.allclose(alone, matrix[1], atol=1e-5)
-    half = EmbedUDF(checkpoints["embedder"], "cpu", "float32", str(tmp_path), 1 << 24, 1, "float16")
-    assert vectors(half(batch.slice(0, 1))["embedding"]).dtype == np.float16
+    assert "cannot be decoded" in errors[2] and errors[3].startswith("embedding failed: ValueError")
+    # The same vectors as the embedder gives the raw items: the CPU stage's fit is the processor's own.
+    embedder = Embedder.from_pretrained(checkpoints["embedder"], min_pixels=56 * 56, max_pixels=224 * 224)
+    raw = embedder.embed([Item(text="a red square"), Item(image=load_image(png_bytes(), None, None)),
+                          Item("Represent the given image.", "", load_image(png_bytes((0, 0, 255), (900, 600)), None, None))])
+    assert np.allclose(raw, matrix[[0, 1, 4]], atol=1e-5)
+    half = EmbedUDF(checkpoints["embedder"], "cpu", "float32", 1, "float16")
+    assert vectors(half(prepared.slice(0, 1))["embedding"]).dtype == np.float16
 
 
 def _judge_rows(queries: list[dict], targets: list[dict]) -> pa.Table:

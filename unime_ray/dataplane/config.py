@@ -23,7 +23,16 @@ class ActorConfig(StrictModel):
     max_restarts: int = Field(8, ge=-1, description="restarts per actor after infrastructure failures (-1: no limit)")
 
 
-class EmbedConfig(ActorConfig, PixelBudget):
+class PrepConfig(StrictModel):
+    """The CPU pool ahead of a model's pool: decodes images and fits them to the model's
+    pixel budget (and renders prompts, for the judge), so the accelerator's actor only runs
+    the model."""
+
+    prep_actors: int = Field(1, ge=1, description="CPU actors preparing inputs ahead of the model's actors")
+    prep_num_cpus: float = Field(0.25, gt=0, description="CPUs reserved per preparation actor (cluster: 1 or more)")
+
+
+class EmbedConfig(ActorConfig, PrepConfig, PixelBudget):
     model: str = Field(".cache/checkpoints/embedder", description="embedder checkpoint: local dir or hub id")
     device: str = Field("cpu", description="'cpu' or 'cuda'")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights' dtype (bfloat16 on GPUs)")

@@ -12,6 +12,7 @@ from functools import partial
 from typing import Any
 
 import pyarrow as pa
+from PIL import Image
 
 from unime_ray.data.images import load_image
 from unime_ray.models.inputs import Item
@@ -29,6 +30,19 @@ def row_item(row: dict, image_root: str | None, max_pixels: int) -> Item:
     """A corpus row as a model ``Item`` (raises ``ImageError`` on a bad image)."""
     image = load_image(row.get("image"), row.get("image_path"), image_root, max_pixels)
     return Item(row.get("instruction") or "", row.get("text") or "", image)
+
+
+# An image decoded and fitted to a model's pixel budget by a CPU stage, as raw RGB: the
+# model's actor rebuilds it without decoding or resizing.
+PIXELS = pa.struct([pa.field("height", pa.int32()), pa.field("width", pa.int32()), pa.field("rgb", pa.binary())])
+
+
+def pixels(image: Image.Image | None) -> dict | None:
+    return None if image is None else {"height": image.height, "width": image.width, "rgb": image.tobytes()}
+
+
+def from_pixels(value: dict | None) -> Image.Image | None:
+    return None if value is None else Image.frombytes("RGB", (value["width"], value["height"]), value["rgb"])
 
 
 def set_column(batch: pa.Table, name: str, values: pa.Array) -> pa.Table:

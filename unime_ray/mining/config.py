@@ -8,19 +8,17 @@ from pydantic import Field
 
 from unime_ray.config import StrictModel
 from unime_ray.data.config import CorpusConfig
-from unime_ray.dataplane.config import ActorConfig, EmbedConfig
+from unime_ray.dataplane.config import ActorConfig, EmbedConfig, PrepConfig
 from unime_ray.retrieval.config import RetrievalConfig
 from unime_ray.models.settings import EngineSettings
 
 
-class JudgeConfig(ActorConfig, EngineSettings):
+class JudgeConfig(ActorConfig, PrepConfig, EngineSettings):
     model: str = Field(".cache/checkpoints/judge", description="judge MLLM checkpoint: local dir or hub id")
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per judge actor")
     batch_size: int = Field(8, ge=1, description="queries per actor batch (each brings 1 + top_k pairs)")
     max_concurrent_batches: int = Field(
         4, ge=1, description="batches in one engine at once, so its scheduler never waits for the next")
-    prep_actors: int = Field(1, ge=1, description="CPU actors that decode, fit, render and count ahead of the engine")
-    prep_num_cpus: float = Field(0.5, gt=0, description="CPUs reserved per preparation actor (cluster: 1 or more)")
 
 
 class SelectConfig(StrictModel):

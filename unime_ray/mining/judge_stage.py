@@ -22,11 +22,10 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from PIL import Image
-
 from unime_ray import metrics
 from unime_ray.data.images import ImageError
-from unime_ray.dataplane.stages import ITEM_COLUMNS, ActorStage, require_columns, row_item, set_column
+from unime_ray.dataplane.stages import (ITEM_COLUMNS, PIXELS, ActorStage, from_pixels, pixels, require_columns,
+                                       row_item, set_column)
 from unime_ray.failures import exit_on_infrastructure_error
 from unime_ray.models.engines.scoring import JudgeRequest, JudgeResult, prepare_pair
 from unime_ray.models.inputs import Item, fit_item
@@ -84,18 +83,8 @@ def pair_inputs(candidates, targets, num_partitions: int):
     return joined.groupby("query_id").map_groups(assemble_query, batch_format="pyarrow")
 
 
-# An image fitted to the budget, as raw RGB: the engine's actor rebuilds it without decoding.
-PIXELS = pa.struct([pa.field("height", pa.int32()), pa.field("width", pa.int32()), pa.field("rgb", pa.binary())])
 # What the CPU stage hands the engine stage; dropped from the engine stage's output.
 PREPARED_COLUMNS = ("pair_prompts", "pair_tokens", "query_pixels", "target_pixels")
-
-
-def pixels(image: Image.Image | None) -> dict | None:
-    return None if image is None else {"height": image.height, "width": image.width, "rgb": image.tobytes()}
-
-
-def from_pixels(value: dict) -> Image.Image:
-    return Image.frombytes("RGB", (value["width"], value["height"]), value["rgb"])
 
 
 def scores_column(scores: list[list[float | None]]) -> pa.ListArray:
