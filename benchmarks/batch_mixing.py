@@ -58,7 +58,7 @@ def main() -> None:
     from unime_ray.training.job import records_dataset
 
     setup_logging()
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     path = REPO / "out/bench/batch_mixing.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     demo_records(path)

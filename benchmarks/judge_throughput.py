@@ -107,7 +107,7 @@ def main(argv=None) -> dict:
 
     import ray
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False)
     embedding = [time_embedding(args.embedder, args.rows, n) for n in (1, 2)]
     ray.shutdown()
 

@@ -219,7 +219,7 @@ def main() -> None:
     import ray
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False)
     address = ray.get_runtime_context().gcs_address
     work = Path(args.work)
     pool = image_pool()

@@ -150,7 +150,7 @@ def main() -> None:
         "write_unime_json=false"])
     for section in (config.embed, config.judge):
         section.model = str(REPO / section.model)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     summary = run_mining(config)
     stages = json.loads((output / "manifest.json").read_text())["stages"]
     image_root = summary["image_root"] + "/corpus_images"

@@ -109,7 +109,7 @@ def main(argv=None) -> dict:
 
     import ray
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False)
     training = time_training(mined, args.base, args.steps, args.batch)
     ray.shutdown()
     return write_result({"reranking_model": model, "reranking": reranking, "training": training}, args.out)

@@ -71,7 +71,7 @@ def main(argv=None) -> dict:
 
     from unime_ray.serving.app import build_app
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False)
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
     app = build_app({"embedder": {"model": args.embedder}, "index": {"path": args.index},
                      "reranker": {"model": args.reranker, "backend": args.backend, "top_n": 5},

@@ -88,7 +88,7 @@ def main(argv=None) -> dict:
 
     import ray
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False)
     workers = [time_workers(mined, args.model, n, args.steps, args.batch) for n in (1, 2)]
     ray.shutdown()
     return write_result({"workers": workers, "dedup": dedup}, args.out)

@@ -26,7 +26,7 @@ from unime_ray.eval.tasks import candidate_id, plan_tasks, query_rows, read_quer
 def local_ray():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

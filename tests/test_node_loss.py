@@ -1,5 +1,7 @@
 """Node loss on a multi-node Ray cluster on this machine (``ray.cluster_utils.Cluster``: a
-head that runs no work and two 1-CPU worker nodes). A worker node is killed while the
+head that runs no work and two worker nodes of 2 logical CPUs: Ray Data's file listing
+and read tasks take 1 CPU each, which must fit beside the preparation and model actor pools
+wherever Ray places them). A worker node is killed while the
 mining job judges, and while training runs; both finish, mining with the same records as
 an undisturbed run, training from its last checkpoint."""
 
@@ -31,7 +33,7 @@ def cluster(tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
     reset_auth_token_state()  # this process caches the token it saw first
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
     yield cluster, workers
@@ -61,7 +63,7 @@ def _kill_node_running(cluster, workers, name_part: str, ready, timeout: float =
         if victim is not None:
             cluster.remove_node(victim, allow_graceful=False)
             workers.remove(victim)
-            workers.append(cluster.add_node(num_cpus=1))
+            workers.append(cluster.add_node(num_cpus=2))
             return node_id
         time.sleep(0.2)
     raise TimeoutError(f"no alive {name_part} actor on a worker node")

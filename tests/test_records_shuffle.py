@@ -15,7 +15,7 @@ from batch_mixing import mixed_fraction  # noqa: E402 - the benchmark's own meas
 def local_ray():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

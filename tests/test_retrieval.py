@@ -16,7 +16,7 @@ from unime_ray.retrieval.shards import (IndexShard, fetch_size, search_batch, se
 def local_ray():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
