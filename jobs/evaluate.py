@@ -32,7 +32,7 @@ def main(argv=None) -> dict:
     if not ray.is_initialized():
         ray.init()  # the entry point connects; the evaluation only uses the cluster
     results = run_evaluation(cfg)
-    logger.info("results:\n%s", json.dumps({k: results[k] for k in ("label", "meta_tasks", "overall")}, indent=1))
+    logger.info("results:\n%s", json.dumps({k: results[k] for k in ("label", "meta_tasks", "overall", "mmeb")}, indent=1))
     if "reranked" in results:
         logger.info("reranked:\n%s", json.dumps(
             {k: results["reranked"][k] for k in ("meta_tasks", "overall", "fallbacks")}, indent=1))

@@ -44,6 +44,21 @@ def assert_same_gradients(expected: dict, actual: dict) -> None:
         assert (expected[name] - actual[name]).abs().max().item() <= 1e-5 * scale + 1e-9, name
 
 
+def text_records() -> list[dict]:
+    """Four mined records with text items only: four queries over six targets, which repeat
+    across and within records."""
+    texts = {f"t{i}": f"target number {i} is a {c} shape" for i, c in enumerate("red blue green gray teal black".split())}
+    records = []
+    for q, (pos, negs) in enumerate([("t0", ["t1", "t2", "t1"]), ("t1", ["t0", "t2", "t3"]),
+                                      ("t2", ["t3", "t4", "t5"]), ("t3", ["t0", "t1", "t4"])]):
+        records.append({"query_id": f"q{q}", "query_instruction": "Find:", "query_text": f"query {q}",
+                        "query_image": "", "positive_id": pos, "pos_instruction": "", "pos_text": texts[pos],
+                        "pos_image": "", "query_pos_score": 0.9, "neg_ids": negs,
+                        "neg_instructions": [""] * 3, "neg_texts": [texts[n] for n in negs], "neg_images": [""] * 3,
+                        "neg_scores": [0.5 - 0.1 * i for i in range(3)]})
+    return records
+
+
 def png_bytes(colour=(200, 30, 30), size=(32, 32)) -> bytes:
     from PIL import Image
 

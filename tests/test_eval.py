@@ -13,8 +13,8 @@ from conftest import png_bytes
 from unime_ray.dataplane.io import read_dataset
 from unime_ray.dataplane.tensors import tensor_column
 from unime_ray.eval.items import unique_items
-from unime_ray.eval.metrics import (aggregate, gold_ranks, mean_reciprocal_rank, precision_at_1, ranks_from_orders,
-                                    recall_at_k, task_metrics)
+from unime_ray.eval.metrics import (aggregate, argmax_hits, gold_ranks, gold_ties, mean_reciprocal_rank,
+                                    precision_at_1, ranks_from_orders, recall_at_k, task_metrics)
 from unime_ray.eval.report import columns, markdown, write_report
 from unime_ray.eval.rerank_stage import reranked_rank
 from unime_ray.eval.scoring import embedder_order, rank_queries
@@ -44,6 +44,32 @@ def test_gold_ranks_count_ties_against_the_gold():
     assert recall_at_k(ranks, 2) == 0.5
     assert mean_reciprocal_rank(ranks) == pytest.approx((1 + 1 / 2 + 1 / 3 + 1 / 3) / 4)
     assert gold_ranks(np.array([[0.2, 0.9]]), gold=1).tolist() == [0]
+
+
+def test_mmebs_argmax_rule_differs_exactly_on_the_ties_at_the_top():
+    scores = np.array([
+        [0.9, 0.1, 0.2],  # gold best: both rules
+        [0.5, 0.5, 0.1],  # tie at the top: argmax picks index 0, the gold
+        [0.3, 0.5, 0.3],  # a tie, but a rival above: neither
+        [0.4, 0.4, 0.4],  # collapsed: argmax says perfect
+    ])
+    ranks, ties = gold_ranks(scores), gold_ties(scores)
+    assert ties.tolist() == [0, 1, 1, 2]
+    assert argmax_hits(ranks, ties).tolist() == (np.argmax(scores, axis=1) == 0).tolist() == [True, True, False, True]
+    metrics = task_metrics(ranks, (2,), ties)
+    assert metrics["precision_at_1"] == 0.25 and metrics["precision_at_1_mmeb"] == 0.75
+    assert metrics["tied_at_top"] == 2  # (0.75 - 0.25) x 4 queries: the whole difference
+    assert task_metrics(ranks, (2,))["precision_at_1_mmeb"] == 0.25  # an explicit order has no ties
+
+
+def test_a_repeat_of_the_golds_own_item_is_the_gold_not_a_rival():
+    # Candidates: gold, a rival, the gold's item again (same text and image, so the same
+    # vector and score), the rival again.
+    scores = np.array([[0.7, 0.2, 0.7, 0.2], [0.3, 0.6, 0.3, 0.6]])
+    same = np.array([[False, False, True, False]] * 2)
+    assert gold_ranks(scores, same_as_gold=same).tolist() == [0, 2]  # the repeated rival counts twice
+    assert gold_ties(scores, same_as_gold=same).tolist() == [0, 0]
+    assert gold_ranks(scores).tolist() == [1, 3]  # not told: the repeat would count against the gold
 
 
 def test_orders_and_the_embedders_order():
@@ -89,14 +115,13 @@ def _write_tasks(root):
     (root / "tasks.json").write_text(json.dumps({"tasks": {"Colors": "classification"}}))
 
 
-def test_reading_mmeb_files(tmp_path):
+def test_reading_mmeb_files(tmp_path, caplog):
     _write_tasks(tmp_path)
-    planned, task_rejects = plan_tasks(tmp_path)
-    tasks = {t["task"]: t for t in planned}
-    assert set(tasks) == {"Colors", "MSCOCO_t2i"}  # MMEB's own name needs no tasks.json
-    assert tasks["MSCOCO_t2i"]["meta_task"] == "retrieval" and tasks["Colors"]["meta_task"] == "classification"
-    assert [(r["table"], r["row"]) for r in task_rejects] == [("Unknown", None)]
-    assert "unknown meta-task" in task_rejects[0]["reason"]
+    tasks = {t["task"]: t for t in plan_tasks(tmp_path)}
+    assert tasks["MSCOCO_t2i"]["meta_task"] == "retrieval"  # MMEB's own name needs no tasks.json
+    assert tasks["Colors"]["meta_task"] == "classification"
+    assert tasks["Unknown"]["meta_task"] == "other"  # undeclared: evaluated, with a warning
+    assert "Unknown has no meta-task: evaluated under 'other'" in caplog.text
     colors = query_rows(tasks["Colors"]).to_pylist()
     assert [q["row"] for q in colors] == [0, 1, 2, 3]
     assert [q["id"] for q in colors] == [f"q:Colors:{i}" for i in range(4)]
@@ -110,11 +135,26 @@ def test_reading_mmeb_files(tmp_path):
     assert [q["row"] for q in query_rows(tasks["Colors"], max_queries=1).to_pylist()] == [0]
     with pytest.raises(ValueError, match="Nope"):
         plan_tasks(tmp_path, names=["Nope"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no task to evaluate in .*empty: a task is"):
+        plan_tasks(tmp_path / "empty")
+
+
+def test_a_run_with_no_valid_query_fails_saying_why(tmp_path, local_ray):
+    from unime_ray.eval.config import EvalConfig
+    from unime_ray.eval.evaluate import run_evaluation
+
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "Colors.jsonl").write_text("not json\n" + json.dumps({"qry_text": "x", "tgt_text": []}) + "\n")
+    config = EvalConfig.model_validate({"output_dir": str(tmp_path / "out"), "tasks": {"path": str(tmp_path / "tasks")},
+                                        "embed": {"model": str(tmp_path / "never-loaded")}})
+    with pytest.raises(ValueError, match=r"no query to evaluate: the 2 rows of tasks \['Colors'\] are all malformed"):
+        run_evaluation(config)
 
 
 def test_ray_reads_every_task_and_embeds_each_item_once(tmp_path, local_ray):
     _write_tasks(tmp_path)
-    tasks, _ = plan_tasks(tmp_path)
+    tasks = plan_tasks(tmp_path)
     queries = read_queries(tasks)
     expected = [row for task in tasks for row in query_rows(task).to_pylist()]
     assert sorted(queries.take_all(), key=lambda q: q["id"]) == sorted(expected, key=lambda q: q["id"])
@@ -145,6 +185,7 @@ def _vector_tasks(root):
     (root / "Shapes.jsonl").write_text("\n".join([
         line("q-far", ["blue", "green", "red"]),  # rank 2
         line("q-tie", ["green", "blue", "red", "grey", "red"]),  # below blue and two reds: rank 3
+        line("q-red", ["red", "blue", "red"]),  # the gold's item again is the gold: rank 0, no tie
     ]) + "\n")
     (root / "tasks.json").write_text(json.dumps({"tasks": {"Colors": "classification", "Shapes": "retrieval"}}))
 
@@ -165,8 +206,8 @@ def _write_embeddings(items: list[dict], path) -> None:
                              "error": [FAILED.get(item["text"]) for item in kept]}), path / "part.parquet")
 
 
-def _plain_ranks(query_rows_: list[dict]) -> dict[str, int | str]:
-    """Query id -> the gold's rank by the old per-pair loop, or the reject reason."""
+def _plain_ranks(query_rows_: list[dict]) -> dict[str, tuple[int, int] | str]:
+    """Query id -> (the gold's rank, its ties) by a per-pair loop, or the reject reason."""
     found, vectors = {}, {text: np.array(v, np.float32) for text, v in VECTORS.items()}
     for q in query_rows_:
         missing = [(what, text) for what, text in (("query", q["text"]), ("gold candidate", q["candidate_texts"][0]))
@@ -177,7 +218,9 @@ def _plain_ranks(query_rows_: list[dict]) -> dict[str, int | str]:
             continue
         scores = np.array([float(vectors[q["text"]] @ vectors[t]) if t in vectors else -np.inf
                            for t in q["candidate_texts"]])
-        found[q["id"]] = int(gold_ranks(scores[None])[0])
+        same = np.array([[c == q["candidate_ids"][0] for c in q["candidate_ids"]]])
+        found[q["id"]] = (int(gold_ranks(scores[None], same_as_gold=same)[0]),
+                          int(gold_ties(scores[None], same_as_gold=same)[0]))
     return found
 
 
@@ -185,16 +228,17 @@ def test_distributed_ranking_equals_the_plain_one_ties_included(tmp_path, local_
     import ray.data
 
     _vector_tasks(tmp_path)
-    tasks, _ = plan_tasks(tmp_path)
+    tasks = plan_tasks(tmp_path)
     queries = read_queries(tasks)
     _write_embeddings(unique_items(queries, num_partitions=3).take_all(), tmp_path / "embeddings")
     ranked = rank_queries(queries, read_dataset(tmp_path / "embeddings"), top_n=2, num_partitions=3).take_all()
 
     plain = _plain_ranks([row for task in tasks for row in query_rows(task).to_pylist()])
-    assert {r["id"]: r["rank"] if r["error"] is None else r["error"] for r in ranked} == plain
+    assert {r["id"]: (r["rank"], r["ties"]) if r["error"] is None else r["error"] for r in ranked} == plain
     # Not trivial: ranks past the first two, a tie the strict rule counts against the gold
-    # (argmax would give q-tie's gold rank 0), and both kinds of rejects.
-    assert plain["q:Colors:1"] == 1 and plain["q:Colors:2"] == 3 and plain["q:Shapes:0"] == 2
+    # (argmax would give q-tie's gold rank 0), a repeat of the gold, and both kinds of rejects.
+    assert plain["q:Colors:1"] == (1, 1) and plain["q:Colors:2"] == (3, 2) and plain["q:Shapes:0"] == (2, 0)
+    assert plain["q:Shapes:2"] == (0, 0)
     assert plain["q:Colors:3"] == "query: image: unreadable"
     assert plain["q:Colors:4"] == "gold candidate: embedding failed: boom"
     by_id = {r["id"]: r for r in ranked}
@@ -206,10 +250,12 @@ def test_distributed_ranking_equals_the_plain_one_ties_included(tmp_path, local_
     kept = [r for r in ranked if r["error"] is None]
     summaries = task_summaries(ray.data.from_items(kept), [1, 2], num_partitions=3)
     for task in ("Colors", "Shapes"):
-        ranks = np.array([plain[r["id"]] for r in kept if r["task"] == task])
-        expected = task_metrics(ranks, [1, 2])
+        ranks, ties = np.array([plain[r["id"]] for r in kept if r["task"] == task]).T
+        expected = task_metrics(ranks, [1, 2], ties)
         assert {k: summaries[task][k] for k in expected} == expected
     assert summaries["Colors"]["n"] == 4 and summaries["Shapes"]["candidates"] == 5
+    assert summaries["Colors"]["precision_at_1"] == 0.5 and summaries["Colors"]["precision_at_1_mmeb"] == 0.75
+    assert summaries["Colors"]["tied_at_top"] == 1
 
 
 def test_reranked_rank_equals_reordering_the_whole_list():
@@ -224,8 +270,10 @@ def test_reranked_rank_equals_reordering_the_whole_list():
 
 def test_report_puts_runs_side_by_side(tmp_path):
     def run(label, p, reranked=None):
-        tasks = {"Colors": {"meta_task": "classification", "precision_at_1": p, "n": 4},
-                 "MSCOCO_t2i": {"meta_task": "retrieval", "precision_at_1": 1.0, "n": 2}}
+        tasks = {"Colors": {"meta_task": "classification", "precision_at_1": p, "n": 4,
+                            "precision_at_1_mmeb": p + 0.25, "tied_at_top": 1},
+                 "MSCOCO_t2i": {"meta_task": "retrieval", "precision_at_1": 1.0, "n": 2,
+                                "precision_at_1_mmeb": 1.0, "tied_at_top": 0}}
         meta, overall = aggregate(tasks)
         result = {"label": label, "tasks": tasks, "meta_tasks": meta, "overall": overall}
         if reranked is not None:
@@ -238,5 +286,9 @@ def test_report_puts_runs_side_by_side(tmp_path):
     assert "| task | meta-task | n | base | trained | trained + reranker |" in table
     assert "| Colors | classification | 4 | 25.0 | 50.0 | 75.0 |" in table
     assert "| **overall** | | | 62.5 | 75.0 | 87.5 |" in table
+    mmeb = markdown(cols, "precision_at_1_mmeb")
+    assert "| Colors | classification | 4 | 50.0 (1 tied) | 75.0 (1 tied) | 100.0 (1 tied) |" in mmeb
+    assert "| **overall** | | | 75.0 | 87.5 | 100.0 |" in mmeb
     files = write_report(cols, tmp_path, "comparison")
+    assert "by MMEB's rule" in open(files["markdown"]).read()
     assert open(files["chart"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"

@@ -4,50 +4,41 @@ import copy
 
 import pytest
 import torch
-from conftest import assert_same_gradients, lora_gradients
+from conftest import assert_same_gradients, lora_gradients, text_records
 
 from unime_ray.models.embedder import Embedder
 from unime_ray.models.loading import load_model, load_processor
 from unime_ray.training.batch import build_batch
 from unime_ray.training.embedder_step import embedder_step, make_loss_fn
-from unime_ray.training.gradcache import RngState
+from unime_ray.training.gradcache import RngState, gradcache_step
 from unime_ray.training.lora import LoraSettings, apply_lora
-
-
-def _records():
-    # Four queries over six targets; targets repeat across and within records.
-    texts = {f"t{i}": f"target number {i} is a {c} shape" for i, c in enumerate("red blue green gray teal black".split())}
-    records = []
-    for q, (pos, negs) in enumerate([("t0", ["t1", "t2", "t1"]), ("t1", ["t0", "t2", "t3"]),
-                                      ("t2", ["t3", "t4", "t5"]), ("t3", ["t0", "t1", "t4"])]):
-        records.append({"query_id": f"q{q}", "query_instruction": "Find:", "query_text": f"query {q}",
-                        "query_image": "", "positive_id": pos, "pos_instruction": "", "pos_text": texts[pos],
-                        "pos_image": "", "query_pos_score": 0.9, "neg_ids": negs,
-                        "neg_instructions": [""] * 3, "neg_texts": [texts[n] for n in negs], "neg_images": [""] * 3,
-                        "neg_scores": [0.5 - 0.1 * i for i in range(3)]})
-    return records
 
 
 @pytest.fixture(scope="module")
 def embedder_factory(checkpoints):
     processor = load_processor(checkpoints["embedder"])
-    torch.manual_seed(0)
-    base = apply_lora(load_model(checkpoints["embedder"]), LoraSettings(r=4, alpha=8, dropout=0.0, dora=True))
-    # Give the (zero-initialised) B matrices values, so adapter gradients are all non-trivial.
-    with torch.no_grad():
-        for name, p in base.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.02)
+    bases = {}
 
-    def fresh():
-        model = copy.deepcopy(base).train()
-        return Embedder(processor, model)
+    def base(dropout: float):
+        if dropout not in bases:
+            torch.manual_seed(0)
+            model = apply_lora(load_model(checkpoints["embedder"]), LoraSettings(r=4, alpha=8, dropout=dropout, dora=True))
+            # Give the (zero-initialised) B matrices values, so adapter gradients are all non-trivial.
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    if "lora_B" in name:
+                        p.normal_(0, 0.02)
+            bases[dropout] = model
+        return bases[dropout]
+
+    def fresh(dropout: float = 0.0):
+        return Embedder(processor, copy.deepcopy(base(dropout)).train())
 
     return fresh
 
 
 def _run(embedder, loss, chunk, dedup, hard=False):
-    batch = build_batch(_records(), None, num_negatives=3, dedup=dedup)
+    batch = build_batch(text_records(), None, num_negatives=3, dedup=dedup)
     value = embedder_step(embedder.encode, batch, make_loss_fn(batch, loss, 0.05, hard), chunk)
     return value.item(), lora_gradients(embedder.model), len(batch.candidates)
 
@@ -67,6 +58,34 @@ def test_dedup_encodes_fewer_candidates_with_the_same_loss_and_gradients(embedde
     assert (dup_n, dedup_n) == (16, 6)  # 4 x (1 + 3) slots, 6 distinct targets
     assert dedup_loss == pytest.approx(dup_loss, rel=1e-5)
     assert_same_gradients(dup_grads, dedup_grads)
+
+
+def _chunked_plain(embedder, loss, chunk, dedup, seed):
+    """The reference under dropout: the same chunks as GradCache, encoded once with graphs.
+    Dropout masks depend on how the items are chunked, so the one-pass plain path draws
+    other masks; encoding the same chunks in the same order draws GradCache's."""
+    batch = build_batch(text_records(), None, num_negatives=3, dedup=dedup)
+    items = batch.queries + batch.candidates
+    torch.manual_seed(seed)
+    value = make_loss_fn(batch, loss, 0.05)(torch.cat([embedder.encode(items[i : i + chunk])
+                                                      for i in range(0, len(items), chunk)]))
+    value.backward()
+    return value.item(), lora_gradients(embedder.model)
+
+
+@pytest.mark.parametrize("loss,dedup", [("soft_label", True), ("soft_label", False), ("info_nce", True)])
+def test_gradcache_replays_lora_dropout(embedder_factory, loss, dedup):
+    reference_loss, reference_grads = _chunked_plain(embedder_factory(0.1), loss, 3, dedup, seed=1)
+    batch = build_batch(text_records(), None, num_negatives=3, dedup=dedup)
+    embedder = embedder_factory(0.1)
+    torch.manual_seed(1)
+    cached_loss = gradcache_step(embedder.encode, batch.queries + batch.candidates, make_loss_fn(batch, loss, 0.05), 3)
+    assert cached_loss.item() == pytest.approx(reference_loss, rel=1e-5)
+    assert_same_gradients(reference_grads, lora_gradients(embedder.model))
+    # Not trivial: dropout is on, so other masks (another seed) give other gradients.
+    other_loss, other_grads = _chunked_plain(embedder_factory(0.1), loss, 3, dedup, seed=2)
+    assert other_loss != pytest.approx(reference_loss, rel=1e-4)
+    assert any(not torch.allclose(reference_grads[n], other_grads[n], rtol=1e-3) for n in reference_grads)
 
 
 def test_rng_replay_gives_identical_dropout(embedder_factory):
@@ -92,7 +111,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(embedder_factory):
 
 
 def test_bad_records_are_skipped_with_their_reason(tmp_path):
-    records = _records()
+    records = text_records()
     records[1]["query_image"] = "missing.png"
     records[2]["neg_ids"] = records[2]["neg_ids"][:1]
     batch = build_batch(records, str(tmp_path), num_negatives=3)

@@ -90,3 +90,20 @@ def test_an_image_fitted_ahead_is_what_the_processor_makes_of_the_original(check
         assert torch.equal(plain["image_grid_thw"], ahead["image_grid_thw"])
         assert torch.equal(plain["pixel_values"], ahead["pixel_values"]), (width, height)
     assert resized == 4  # all but the one already at a size the budget allows
+
+
+def test_constrained_listwise_agrees_across_engines(checkpoints, pairs, vllm_judge):
+    from unime_ray.models.reranker import Reranker
+
+    queries = list({id(q): q for q, _ in pairs}.values())  # vqa, i2t, t2i, with and without images
+    texts = ["a red circle", "a blue square", "yes", "a green triangle"]  # one image a prompt at most
+    requests = [(query, [Item("", text) for text in texts[i % 4:] + texts[: i % 4]]) for i, query in enumerate(queries)]
+    hf_engine = build_judge("transformers", model=checkpoints["judge"], batch_size=8, max_model_len=512, **BUDGET)
+    hf = Reranker(hf_engine, "listwise", top_n=4).rerank_batch(requests)
+    vl = Reranker(vllm_judge, "listwise", top_n=4).rerank_batch(requests)
+    a, b = np.array([r.scores for r in hf]), np.array([r.scores for r in vl])
+    # The label tokens' log-probabilities differ as the judge's Yes/No ones do (float32 sums
+    # in another order); renormalised over 4 labels a probability moves by at most that: 2e-6.
+    assert np.max(np.abs(a - b)) < 2e-6
+    assert [r.order for r in hf] == [r.order for r in vl]
+    assert a.std() > 0.01 and any(r.order[0] != 0 for r in hf)  # not uniform, and not always the first

@@ -1,11 +1,14 @@
-"""Reranker inference: answer parsing, orderings, and the fallback on a real (untrained)
-tiny checkpoint, whose answers are noise."""
+"""Reranker inference: answer parsing, orderings, constrained listwise scoring, and the
+fallback on a real (untrained) tiny checkpoint, whose generated answers are noise."""
 
+import numpy as np
 import pytest
+import torch
 from conftest import png_bytes
 
-from unime_ray.models.inputs import Item
-from unime_ray.models.reranker import (Reranker, listwise_answer, order_by_scores, parse_listwise_answer,
+from unime_ray.models.inputs import Item, encode, render
+from unime_ray.models.reranker import (ANSWER_PREFIX, Reranker, label_distribution, listwise_answer,
+                                       listwise_images, listwise_messages, order_by_scores, parse_listwise_answer,
                                        promote)
 
 
@@ -38,21 +41,61 @@ def test_orderings():
     assert order_by_scores([0.1, 0.9, None, 0.9, 0.5]) == [1, 3, 4, 0, 2]  # ties keep order, unscored last
 
 
+def test_label_distribution_renormalises_over_the_labels():
+    assert label_distribution(np.log([0.1, 0.3])).tolist() == pytest.approx([0.25, 0.75])
+    assert label_distribution([-1000.0, -1000.0, -1001.0]).sum() == pytest.approx(1.0)  # no underflow
+
+
 @pytest.fixture(scope="module")
 def untrained(checkpoints):
-    return {mode: Reranker.from_pretrained(checkpoints["reranker"], backend="transformers", mode=mode, top_n=3)
-            for mode in ("listwise", "pointwise")}
+    from unime_ray.models.engines.scoring import build_judge
+
+    engine = build_judge("transformers", model=checkpoints["reranker"])
+    return {"listwise": Reranker(engine, "listwise", top_n=3), "pointwise": Reranker(engine, "pointwise", top_n=3),
+            "generate": Reranker(engine, "listwise", top_n=3, listwise="generate")}
 
 
-def _request(n=5):
+def _request(n=5, seed=0):
     from PIL import Image
 
-    query = Item("Find a caption for the given image.", "", Image.new("RGB", (40, 40), (200, 30, 30)))
-    return query, [Item("", f"candidate {i}") for i in range(n)]
+    query = Item("Find a caption for the given image.", "", Image.new("RGB", (40, 40), (200, 30 * seed, 30)))
+    return query, [Item("", f"candidate {i + seed}") for i in range(n)]
+
+
+def test_constrained_listwise_is_the_label_tokens_distribution_after_the_answers_opening(untrained):
+    reranker = untrained["listwise"]
+    requests = [_request(5, seed) for seed in range(4)] + [_request(2)]
+    rankings = reranker.rerank_batch(requests)
+    engine, processor = reranker.engine, reranker.engine.processor
+    picks = []
+    for (query, candidates), ranking in zip(requests, rankings):
+        head = candidates[:3]
+        prompt = render(processor, listwise_messages(query, head))
+        batch = encode(processor, [prompt + ANSWER_PREFIX], [listwise_images(query, head)])
+        # The training answer "Ans: (i)" tokenizes as the opening, then the label alone:
+        # the position scored here is the one the reranker was trained to answer at.
+        full = encode(processor, [prompt + listwise_answer(2)], [listwise_images(query, head)])["input_ids"][0].tolist()
+        assert full[: batch["input_ids"].shape[1]] == batch["input_ids"][0].tolist()
+        assert full[batch["input_ids"].shape[1]] == reranker.label_ids[2]
+        with torch.no_grad():
+            logits = engine.model(**batch).logits[0, -1].double()
+        expected = torch.softmax(logits[reranker.label_ids[: len(head)]], dim=0).numpy()
+        assert ranking.scores == pytest.approx(expected.tolist(), abs=1e-6)
+        assert ranking.order[: len(head)] == order_by_scores(ranking.scores) and not ranking.fallback
+        assert ranking.order[len(head):] == list(range(len(head), len(candidates)))  # beyond top_n: unchanged
+        assert ranking.answer == listwise_answer(ranking.order[0])
+        picks.append(ranking.order[0])
+    assert len(rankings[-1].scores) == 2 and sum(rankings[-1].scores) == pytest.approx(1.0)
+    assert any(pick != 0 for pick in picks)  # the untrained model does move candidates up
+
+
+def test_constrained_listwise_needs_one_token_labels(untrained):
+    with pytest.raises(ValueError, match="splits '10' into 2 tokens"):
+        Reranker(untrained["listwise"].engine, "listwise", top_n=10)
 
 
 def test_malformed_listwise_answers_keep_the_embedders_order_and_are_counted(untrained):
-    reranker = untrained["listwise"]
+    reranker = untrained["generate"]
     before = reranker.fallbacks
     rankings = reranker.rerank_batch([_request(5), _request(2)])
     # A random model does not answer "Ans: (i)"; whatever it says, the result is a valid order.
@@ -69,9 +112,10 @@ def test_a_request_the_engine_rejects_fails_alone(untrained):
 
     thin = Item("", "", Image.open(io.BytesIO(png_bytes(size=(2, 600)))))  # Qwen2-VL refuses this aspect ratio
     good, bad = _request(3), (thin, _request(3)[1])
-    listwise = untrained["listwise"].rerank_batch([good, bad])
-    assert listwise[1].fallback and "aspect ratio" in listwise[1].error and listwise[1].order == [0, 1, 2]
-    assert listwise[0].error is None
+    for mode in ("listwise", "generate"):
+        listwise = untrained[mode].rerank_batch([good, bad])
+        assert listwise[1].fallback and "aspect ratio" in listwise[1].error and listwise[1].order == [0, 1, 2]
+        assert listwise[0].error is None
     pointwise = untrained["pointwise"].rerank_batch([good, bad])
     assert pointwise[1].scores == [None] * 3 and "aspect ratio" in pointwise[1].error
     assert pointwise[0].error is None and all(0 < s < 1 for s in pointwise[0].scores)

@@ -44,6 +44,17 @@ def test_hardest_negative_is_the_highest_judge_score_first_on_ties():
     assert hardest_negative([1.0, 1.0]) == 0  # fallback records: all 1.0
 
 
+def test_the_pairwise_negative_is_the_hardest_of_all_kept_negatives():
+    record = _record(0)
+    for column, extra in (("neg_ids", ["n0.5", "n0.6"]), ("neg_instructions", ["", ""]),
+                          ("neg_texts", ["negative 0.5", "negative 0.6"]), ("neg_images", ["", ""]),
+                          ("neg_scores", [0.3, 0.9])):
+        record[column] = record[column] + extra  # 7 negatives; the hardest (0.9) is the last
+    batch = build_reranker_batch([record], None, LIST, seed=0, step=1)
+    assert "negative 0.6" in str(batch.pairs[1].messages)  # beyond the listwise sequence's 5
+    assert "negative 0.6" not in str(batch.lists[0].messages) and "negative 0.4" in str(batch.lists[0].messages)
+
+
 def test_sequences_keep_texts_and_images_and_label_only_the_answers(checkpoints, tmp_path):
     processor = load_processor(checkpoints["reranker"])
     records = [_record(i, tmp_path) for i in range(3)]

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import submit_job
 
-from unime_ray.models.reranker import Reranker, order_by_scores
+from unime_ray.models.reranker import Reranker, listwise_answer, order_by_scores
 from unime_ray.training.records import negative_item, positive_item, query_item
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.vllm]
@@ -53,12 +53,14 @@ def _requests(first_run, count=8):
     return requests, positions
 
 
-@pytest.mark.parametrize("mode", ["listwise", "pointwise"])
-def test_the_export_reranks_alike_on_both_engines(trained, first_run, mode):
+@pytest.mark.parametrize("mode,listwise", [("listwise", "generate"), ("listwise", "constrained"),
+                                           ("pointwise", "constrained")])
+def test_the_export_reranks_alike_on_both_engines(trained, first_run, mode, listwise):
     requests, _ = _requests(first_run)
     model = str(trained / "model")
-    hf = Reranker.from_pretrained(model, backend="transformers", mode=mode, top_n=TOP_N)
-    vl = Reranker.from_pretrained(model, backend="vllm", mode=mode, top_n=TOP_N, max_model_len=1024, kv_cache_gib=1,
+    hf = Reranker.from_pretrained(model, backend="transformers", mode=mode, top_n=TOP_N, listwise=listwise)
+    vl = Reranker.from_pretrained(model, backend="vllm", mode=mode, top_n=TOP_N, listwise=listwise,
+                                  max_model_len=1024, kv_cache_gib=1,
                                   engine_kwargs={"enforce_eager": True, "block_size": 32})
     try:
         by_hf, by_vllm = hf.rerank_batch(requests), vl.rerank_batch(requests)
@@ -67,7 +69,12 @@ def test_the_export_reranks_alike_on_both_engines(trained, first_run, mode):
     assert hf.fallbacks == sum(r.fallback for r in by_hf) and vl.fallbacks == sum(r.fallback for r in by_vllm)
     for a, b in zip(by_hf, by_vllm):
         assert sorted(a.order) == list(range(TOP_N)) and a.error is None and b.error is None
-        if mode == "listwise":
+        if mode == "listwise" and listwise == "constrained":
+            # A distribution over the labels: never malformed, and the engines agree on it.
+            assert not a.fallback and not b.fallback and a.answer == listwise_answer(a.order[0])
+            assert np.max(np.abs(np.array(a.scores) - np.array(b.scores))) < 1e-5
+            assert np.all(np.diff(np.array(b.scores)[a.order]) < 1e-5)  # the same order, up to near-ties
+        elif mode == "listwise":
             # The untrained model answers noise; this one has learned the answer's form.
             # (Which number, after 30 tiny steps, is another matter: an answer that names
             # none falls back, and is counted.)

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import requests
+import yaml
 from conftest import BIN, REPO, free_port, png_bytes, submit_job
 
 from unime_ray.models.embedder import Embedder
@@ -66,8 +67,13 @@ def service(ray_head, index_dir, checkpoints, tmp_path_factory):
     _deploy(ray_head, config)
     url = f"http://127.0.0.1:{port}"
     _wait_ready(url)
-    yield {"url": url, "headers": {"Authorization": f"Bearer {ray_head['api_key']}"}, "config": config,
-           "overrides": overrides, "port": port}
+    headers = {"Authorization": f"Bearer {ray_head['api_key']}"}
+    # The first request after ready, through all three deployments, before any test warms them.
+    started = time.perf_counter()
+    first = requests.post(f"{url}/v1/search", json={"text": "a red square", "top_k": 4, "rerank": True},
+                          headers=headers, timeout=120)
+    yield {"url": url, "headers": headers, "config": config, "overrides": overrides, "port": port,
+           "first_search": (first.status_code, first.text, time.perf_counter() - started)}
     subprocess.run([str(BIN / "serve"), "shutdown", "-y", "--address", ray_head["address"]], env=ray_head["env"],
                    capture_output=True, timeout=120)
 
@@ -86,6 +92,12 @@ def test_health_and_readiness(service, index_dir):
     ready = requests.get(service["url"] + "/readyz", timeout=10).json()
     meta = json.loads((index_dir / "index.json").read_text())
     assert ready == {"ready": True, "targets": meta["count"], "dim": meta["dim"], "reranker": True}
+    # Ready means every deployment answered, its model warmed by one request: the first
+    # search after ready, reranked, completes well within the time limit.
+    status, text, seconds = service["first_search"]
+    assert status == 200 and len(json.loads(text)["hits"]) == 4, text
+    timeout = yaml.safe_load(service["config"].read_text())["applications"][0]["args"]["limits"]["request_timeout_s"]
+    assert seconds < timeout / 2, seconds
     assert "/v1/search" in requests.get(service["url"] + "/openapi.json", timeout=10).json()["paths"]
 
 
@@ -112,7 +124,7 @@ def test_embed_and_search_match_direct_calls(service, checkpoints, index_dir):
     assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5] and answer.json()["reranked"] is False
 
 
-def test_search_with_rerank_reports_both_stages(service):
+def test_search_with_rerank_reports_both_stages(service, checkpoints):
     answer = _post(service, "/v1/search", {"text": "a red square", "top_k": 6, "rerank": True})
     assert answer.status_code == 200, answer.text
     body = answer.json()
@@ -123,11 +135,25 @@ def test_search_with_rerank_reports_both_stages(service):
     assert sorted(h["reranker_rank"] for h in head) == [1, 2, 3] and hits[:3] == sorted(head, key=lambda h: h["rank"])
     assert [h["embedder_rank"] for h in hits[3:]] == [4, 5, 6]  # the rest keep their places
 
-    answer = _post(service, "/v1/rerank", {"query": {"text": "a red square"},
-                                           "candidates": [{"text": "a blue circle"}, {"text": "a red square"},
-                                                          {"image": _b64(png_bytes((200, 0, 0), (64, 64)))}]})
-    assert answer.status_code == 200, answer.text
-    assert sorted(answer.json()["order"]) == [0, 1, 2]
+    # The service honours the reranker's pick: its order is the reranker's own on the same
+    # items (constrained listwise, called here directly), and the pick is not always first.
+    from unime_ray.data.images import load_image
+    from unime_ray.models.reranker import Reranker
+
+    reranker = Reranker.from_pretrained(checkpoints["reranker"], backend="transformers", top_n=3)
+    image = png_bytes((200, 0, 0), (64, 64))
+    bodies = [{"text": "a blue circle"}, {"text": "a red square"}, {"image": _b64(image)}]
+    items = [Item("", "a blue circle"), Item("", "a red square"), Item("", "", load_image(image, None, None, 40000))]
+    picks = []
+    for shift in range(3):
+        answer = _post(service, "/v1/rerank", {"query": {"text": "a red square"},
+                                               "candidates": bodies[shift:] + bodies[:shift]})
+        assert answer.status_code == 200, answer.text
+        direct = reranker.rerank(Item("", "a red square"), items[shift:] + items[:shift])
+        assert answer.json()["order"] == direct.order and not answer.json()["fallback"]
+        assert np.allclose(answer.json()["scores"], direct.scores, atol=1e-5)
+        picks.append(direct.order[0])
+    assert any(pick != 0 for pick in picks)
 
 
 BIG_IMAGE = _b64(png_bytes(size=(300, 300)))  # 90,000 pixels over the test's 40,000 limit

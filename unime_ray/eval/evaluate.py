@@ -26,9 +26,8 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from unime_ray.data.corpus import REJECT_SCHEMA, rejects_table
+from unime_ray.data.corpus import REJECT_SCHEMA
 from unime_ray.dataplane.embed_stage import embed_dataset
 from unime_ray.dataplane.io import count_rows, publish, read_dataset, rows_where_error, write_dataset
 from unime_ray.eval.config import EvalConfig
@@ -68,8 +67,11 @@ def per_task(tasks: list[dict], summaries: dict[str, dict], ks: list[int], with_
 
 
 def summarize(tasks: dict[str, dict]) -> dict:
+    """The tasks with their meta-task and overall means, by our strict rule and by MMEB's."""
     meta, overall = aggregate(tasks)
-    return {"tasks": tasks, "meta_tasks": meta, "overall": overall}
+    mmeb_meta, mmeb_overall = aggregate(tasks, "precision_at_1_mmeb")
+    return {"tasks": tasks, "meta_tasks": meta, "overall": overall,
+            "mmeb": {"meta_tasks": mmeb_meta, "overall": mmeb_overall}}
 
 
 def absolute_paths(config: EvalConfig) -> None:
@@ -89,6 +91,9 @@ def read_and_embed(config: EvalConfig, tasks: list[dict], out: Path, image_root:
     counts = {"queries": write_dataset(read_queries(tasks, config.tasks.max_queries), queries_dir, QUERY_SCHEMA)}
     queries = read_dataset(queries_dir)
     counts["malformed"] = write_rejects(queries, out / "stages" / "rejects" / "read")
+    if counts["queries"] == counts["malformed"]:
+        raise ValueError(f"no query to evaluate: the {counts['queries']} rows of tasks {[t['task'] for t in tasks]} "
+                         f"are all malformed (their reasons: {out / 'stages' / 'rejects' / 'read'})")
     items = unique_items(queries, config.shuffle_partitions)
     embedded = embed_dataset(items, config.embed, image_root, config.tasks.max_image_pixels)
     counts["items"] = write_dataset(embedded.select_columns(["id", "embedding", "error"]), out / "embeddings")
@@ -114,7 +119,7 @@ def rerank(config: EvalConfig, tasks: list[dict], kept, out: Path, image_root: s
     r, reranked_dir = config.rerank, out / "stages" / "reranked"
     reranked = rerank_dataset(kept, r, image_root, config.tasks.max_image_pixels)
     write_dataset(reranked.drop_columns(["candidate_texts", "candidate_image_paths"]), reranked_dir, RERANKED_SCHEMA)
-    needed = ["task", "meta_task", "row", "rank", "candidates", "fallback", "error"]
+    needed = ["task", "meta_task", "row", "rank", "ties", "candidates", "fallback", "error"]
     reranked = read_dataset(reranked_dir, columns=needed)
     outcomes = reranked.map_batches(rerank_outcomes, batch_format="pyarrow").sum(["fallbacks", "errors"]) or {}
     summaries = task_summaries(reranked, config.recall_ks, config.shuffle_partitions)
@@ -133,9 +138,7 @@ def run_evaluation(config: EvalConfig) -> dict:
     image_root = config.tasks.image_root or config.tasks.path
 
     started = time.perf_counter()
-    tasks, task_rejects = plan_tasks(config.tasks.path, config.tasks.names)
-    (out / "stages" / "rejects" / "tasks").mkdir(parents=True)
-    pq.write_table(rejects_table(task_rejects), out / "stages" / "rejects" / "tasks" / "tasks.parquet")
+    tasks = plan_tasks(config.tasks.path, config.tasks.names)
     read_and_embed(config, tasks, out, image_root)
     seconds = {"embed": time.perf_counter() - started}
     started = time.perf_counter()
@@ -143,7 +146,7 @@ def run_evaluation(config: EvalConfig) -> dict:
     kept = rows_where_error(read_dataset(out / "stages" / "ranked"), failed=False)
     summaries = task_summaries(kept, config.recall_ks, config.shuffle_partitions)
     seconds["rank"] = time.perf_counter() - started
-    rejects = publish({name: out / "stages" / "rejects" / name for name in ("tasks", "read", "rank")},
+    rejects = publish({name: out / "stages" / "rejects" / name for name in ("read", "rank")},
                       out / "rejects.parquet")
     results = {"label": config.label or Path(config.embed.model).name, "model": config.embed.model,
                **summarize(per_task(tasks, summaries, config.recall_ks, with_candidates=True)),

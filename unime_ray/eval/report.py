@@ -14,7 +14,7 @@ import json
 import logging
 from pathlib import Path
 
-from unime_ray.eval.metrics import META_TASKS
+from unime_ray.eval.metrics import META_TASKS, aggregate
 
 logger = logging.getLogger(__name__)
 
@@ -32,23 +32,36 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
+def _cell(task: dict, metric: str, with_ties: bool) -> str:
+    value = _percent(task.get(metric))
+    return f"{value} ({task['tied_at_top']} tied)" if with_ties and task.get("tied_at_top") else value
+
+
 def markdown(cols: list[Column], metric: str = "precision_at_1") -> str:
-    """Tasks grouped by meta-task, then the meta-task means and the overall mean (in %)."""
+    """Tasks grouped by meta-task, then the meta-task means and the overall mean (in %). By
+    MMEB's rule, a cell also says how many of the task's queries the gold won by a tie."""
     names = list(dict.fromkeys(name for _, run in cols for name in run["tasks"]))
     meta_of = {name: run["tasks"][name]["meta_task"] for _, run in cols for name in run["tasks"]}
+    means = [aggregate(run["tasks"], metric) for _, run in cols]
     lines = [f"| task | meta-task | n | {' | '.join(label for label, _ in cols)} |",
              "|---|---|---:|" + "---:|" * len(cols)]
     for meta in META_TASKS:
         for name in (n for n in names if meta_of[n] == meta):
             n = next(run["tasks"][name]["n"] for _, run in cols if name in run["tasks"])
-            values = [_percent(run["tasks"].get(name, {}).get(metric)) for _, run in cols]
+            values = [_cell(run["tasks"].get(name, {}), metric, metric == "precision_at_1_mmeb") for _, run in cols]
             lines.append(f"| {name} | {meta} | {n} | {' | '.join(values)} |")
     for meta in META_TASKS:
-        if any(meta in run["meta_tasks"] for _, run in cols):
-            values = [_percent(run["meta_tasks"].get(meta)) for _, run in cols]
-            lines.append(f"| **{meta}** | | | {' | '.join(values)} |")
-    lines.append(f"| **overall** | | | {' | '.join(_percent(run['overall']) for _, run in cols)} |")
+        if any(meta in by_meta for by_meta, _ in means):
+            lines.append(f"| **{meta}** | | | {' | '.join(_percent(by_meta.get(meta)) for by_meta, _ in means)} |")
+    lines.append(f"| **overall** | | | {' | '.join(_percent(overall) for _, overall in means)} |")
     return "\n".join(lines) + "\n"
+
+
+def report_markdown(cols: list[Column]) -> str:
+    """Precision@1 by our strict rule, then by MMEB's (comparable with its leaderboard)."""
+    return ("Precision@1 (%), a tie with the gold counts against it:\n\n" + markdown(cols)
+            + "\nPrecision@1 (%) by MMEB's rule (argmax: a tie goes to the gold, listed first):\n\n"
+            + markdown(cols, "precision_at_1_mmeb"))
 
 
 def chart(cols: list[Column], path: str | Path, metric: str = "precision_at_1") -> Path:
@@ -59,10 +72,11 @@ def chart(cols: list[Column], path: str | Path, metric: str = "precision_at_1") 
     import matplotlib.pyplot as plt
 
     names = list(dict.fromkeys(name for _, run in cols for name in run["tasks"])) + ["overall"]
+    overalls = [aggregate(run["tasks"], metric)[1] for _, run in cols]
     height = 0.8 / len(cols)
     figure, axes = plt.subplots(figsize=(8, 0.45 * len(names) * max(1, len(cols) / 2) + 1.2))
-    for i, (label, run) in enumerate(cols):
-        values = [100 * ((run["overall"] if name == "overall" else run["tasks"].get(name, {}).get(metric)) or 0.0)
+    for i, ((label, run), overall) in enumerate(zip(cols, overalls)):
+        values = [100 * ((overall if name == "overall" else run["tasks"].get(name, {}).get(metric)) or 0.0)
                   for name in names]
         axes.barh([y + i * height for y in range(len(names))], values, height=height, label=label)
     axes.set_yticks([y + height * (len(cols) - 1) / 2 for y in range(len(names))], names)
@@ -80,7 +94,7 @@ def write_report(cols: list[Column], out_dir: str | Path, stem: str) -> dict[str
     """``stem``.md and ``stem``.png under ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.md").write_text(markdown(cols))
+    (out / f"{stem}.md").write_text(report_markdown(cols))
     return {"markdown": str(out / f"{stem}.md"), "chart": str(chart(cols, out / f"{stem}.png"))}
 
 

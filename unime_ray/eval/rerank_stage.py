@@ -67,9 +67,11 @@ def reranked_rank(rank: int, order: list[int]) -> int:
 
 
 def with_reranked_ranks(batch: pa.Table) -> pa.Table:
-    """Reranked rows -> the same rows, ``embedder_rank`` keeping the embedder's ``rank``."""
+    """Reranked rows -> the same rows, ``embedder_rank`` keeping the embedder's ``rank``; an
+    explicit order has no ties."""
     ranks = [reranked_rank(rank, order) for rank, order in zip(batch["rank"].to_pylist(), batch["order"].to_pylist())]
     batch = set_column(batch, "embedder_rank", batch["rank"])
+    batch = set_column(batch, "ties", pa.array([0] * batch.num_rows, pa.int64()))
     return set_column(batch, "rank", pa.array(ranks, pa.int64()))
 
 

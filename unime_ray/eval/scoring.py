@@ -6,7 +6,9 @@
    Ray Data) and groups them back by query.
 3. ``rank_query`` then has one query's vectors in hand: it scores the candidates, ranks
    the gold (``metrics.gold_ranks``: a tie counts against the gold) and keeps the
-   embedder's top ``top_n`` for the reranker.
+   embedder's top ``top_n`` for the reranker. ``ties`` counts the rivals that score the
+   gold's score exactly, for MMEB's argmax rule beside ours; a repeat of the gold's own
+   item (the same content id) is the gold, not a rival.
 
 Memory follows one query (up to 1,000 candidates in MMEB), never the benchmark. A query
 whose own vector or gold's vector is missing is rejected with why; a candidate that
@@ -20,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from unime_ray.dataplane.tensors import vectors
-from unime_ray.eval.metrics import gold_ranks
+from unime_ray.eval.metrics import gold_ranks, gold_ties
 
 SLOT_SCHEMA = pa.schema([
     pa.field("query_id", pa.string()), pa.field("slot", pa.int32()), pa.field("id", pa.string()),
@@ -32,6 +34,7 @@ RANKED_SCHEMA = pa.schema([
     pa.field("task", pa.string()), pa.field("meta_task", pa.string()), pa.field("row", pa.int64()),
     pa.field("id", pa.string()),
     pa.field("rank", pa.int64()),  # the gold's 0-based rank; null when rejected
+    pa.field("ties", pa.int64()),  # rivals scoring exactly the gold's score
     pa.field("candidates", pa.int64()), pa.field("error", pa.string()),
     # The reranker's input: the query's item and its top candidates in the embedder's order.
     pa.field("instruction", pa.string()), pa.field("text", pa.string()), pa.field("image", pa.binary()),
@@ -93,7 +96,10 @@ def rank_query(group: pa.Table, top_n: int) -> pa.Table:
     matrix = vectors(group["embedding"])  # [1 + C, d]: the query, then its candidates
     scores = candidate_scores(matrix[0], matrix[1:], embedded[1:])  # [C]
     top = pa.array(np.asarray(embedder_order(scores)[:top_n]) + 1)  # the group's rows of the top candidates
-    return pa.Table.from_pylist([{**out, "rank": int(gold_ranks(scores[None])[0]),
+    ids = group["id"].to_pylist()[1:]
+    same_as_gold = np.array([[item == ids[0] for item in ids]])  # [1, C]
+    return pa.Table.from_pylist([{**out, "rank": int(gold_ranks(scores[None], same_as_gold=same_as_gold)[0]),
+                                  "ties": int(gold_ties(scores[None], same_as_gold=same_as_gold)[0]),
                                   "candidate_texts": group["text"].take(top).to_pylist(),
                                   "candidate_image_paths": group["image_path"].take(top).to_pylist()}],
                                 schema=RANKED_SCHEMA)

@@ -8,7 +8,7 @@ layout of the published MMEB-eval), one query per row:
 
 Image paths are relative to the image root. Each task's meta-task comes from
 ``DIR/tasks.json`` (``{"tasks": {name: meta_task}}``) or, for MMEB's own 36 tasks, from
-the table below. A malformed row is rejected with its task, row number and reason, and
+the table below; any other task is evaluated under ``other``, with a warning. A malformed row is rejected with its task, row number and reason, and
 the rest of the task is evaluated.
 
 The driver only plans (``plan_tasks``: names, meta-tasks, files). Each task is then read
@@ -111,25 +111,26 @@ QUERY_SCHEMA = pa.schema([
 ])
 
 
-def plan_tasks(path: str | Path, names: list[str] | None = None) -> tuple[list[dict], list[dict]]:
-    """(tasks to read: ``task``, ``meta_task``, ``files``; rejects of tasks with no
-    meta-task). Per task, so small: the driver makes it."""
+def plan_tasks(path: str | Path, names: list[str] | None = None) -> list[dict]:
+    """The tasks to read: ``task``, ``meta_task``, ``files``. Per task, so small: the
+    driver makes it. No task to read is an error that says why."""
     directory = Path(path)
     if not directory.is_dir():
         raise FileNotFoundError(f"tasks directory {directory} not found (build one: python -m unime_ray.eval.build_mini DIR)")
     files, metas = task_files(directory), meta_tasks(directory)
+    if not files:
+        raise ValueError(f"no task to evaluate in {directory}: a task is {{name}}.jsonl, {{name}}.parquet "
+                         "or a folder of Parquet files")
     missing = sorted(set(names or []) - set(files))
     if missing:
         raise ValueError(f"tasks {missing} not in {directory} (found {sorted(files)})")
-    tasks, rejects = [], []
+    tasks = []
     for name in names or sorted(files):
         if name not in metas:
-            rejects.append({"table": name, "id": None, "row": None,
-                            "reason": f"unknown meta-task: declare {name!r} in {directory / 'tasks.json'}"})
-            logger.warning("skipping task %s: no meta-task", name)
-            continue
-        tasks.append({"task": name, "meta_task": metas[name], "files": [str(f) for f in files[name]]})
-    return tasks, rejects
+            logger.warning("task %s has no meta-task: evaluated under 'other' (declare it in %s)", name,
+                           directory / "tasks.json")
+        tasks.append({"task": name, "meta_task": metas.get(name, "other"), "files": [str(f) for f in files[name]]})
+    return tasks
 
 
 def query_rows(task: dict, max_queries: int | None = None) -> pa.Table:

@@ -1,9 +1,12 @@
 """The reranker (METHOD.md section 5): one interface, two modes, two engines.
 
-- ``listwise``: one prompt holds the query and the embedder's top ``top_n`` candidates;
-  the model answers "Ans: (i)" and candidate i becomes rank 1, the others keep the
-  embedder's order. An answer that names no listed candidate falls back to the
-  embedder's order and is counted.
+- ``listwise``: one prompt holds the query and the embedder's top ``top_n`` candidates,
+  and the model answers "Ans: (i)". ``constrained`` (the default) reads the answer in one
+  forward pass: the prompt plus "Ans: (", and the probabilities of the n label tokens
+  "1".."n" at the next position, renormalised over them, give a distribution over the
+  candidates that orders all of them and cannot be malformed. ``generate`` lets the model
+  write its answer: candidate i becomes rank 1, the others keep the embedder's order, and
+  an answer that names no listed candidate falls back to the embedder's order (counted).
 - ``pointwise``: P(Yes) of every (query, candidate) pair with the judge's prompt,
   then sort by it.
 
@@ -21,12 +24,16 @@ from typing import Literal, Sequence
 
 from unime_ray import metrics
 from unime_ray.failures import call_isolating_failures
-from unime_ray.models.engines.scoring import build_judge
+import numpy as np
+
+from unime_ray.models.engines.scoring import build_judge, single_token_ids
 from unime_ray.models.inputs import Item, user_turn
 
 logger = logging.getLogger(__name__)
 
 Mode = Literal["listwise", "pointwise"]
+Listwise = Literal["constrained", "generate"]
+ANSWER_PREFIX = "Ans: ("  # the training answer "Ans: (i)" up to its label
 
 LISTWISE_PROMPT = (
     "I will provide you with a query and {n} candidates. Please identify the candidate that best meets the "
@@ -71,6 +78,14 @@ def promote(choice: int, num_candidates: int) -> list[int]:
     return [choice] + [i for i in range(num_candidates) if i != choice]
 
 
+def label_distribution(logprobs: Sequence[float]) -> np.ndarray:
+    """The label tokens' log-probabilities -> probabilities renormalised over the labels
+    (a softmax: whatever mass the model puts elsewhere drops out)."""
+    values = np.asarray(logprobs, np.float64)
+    weights = np.exp(values - values.max())
+    return weights / weights.sum()
+
+
 def order_by_scores(scores: Sequence[float | None]) -> list[int]:
     """Indices by descending score, ties in the given order; unscored candidates last."""
     return sorted(range(len(scores)), key=lambda i: (scores[i] is None, -(scores[i] or 0.0)))
@@ -81,8 +96,10 @@ class Ranking:
     """A reranked candidate list: ``order`` holds input indices, best first."""
 
     order: list[int]
-    scores: list[float | None] | None = None  # pointwise: P(Yes) of each reranked candidate, input order
-    answer: str | None = None  # listwise: the model's raw answer
+    # Per reranked candidate, input order: P(Yes) (pointwise), or the probability that the
+    # answer names it (constrained listwise).
+    scores: list[float | None] | None = None
+    answer: str | None = None  # listwise: the model's raw answer (constrained: the label it puts first)
     fallback: bool = False  # listwise: the answer was unusable, ``order`` is the embedder's
     error: str | None = None  # why the engine failed for this request (then ``fallback``)
 
@@ -91,18 +108,25 @@ Request = tuple[Item, Sequence[Item]]  # (query, candidates in the embedder's or
 
 
 class Reranker:
-    def __init__(self, engine, mode: Mode = "listwise", top_n: int = 5, max_answer_tokens: int = 8):
+    def __init__(self, engine, mode: Mode = "listwise", top_n: int = 5, max_answer_tokens: int = 8,
+                 listwise: Listwise = "constrained"):
         if mode not in ("listwise", "pointwise"):
             raise ValueError(f"mode must be 'listwise' or 'pointwise', got {mode!r}")
+        if listwise not in ("constrained", "generate"):
+            raise ValueError(f"listwise must be 'constrained' or 'generate', got {listwise!r}")
         self.engine, self.mode, self.top_n, self.max_answer_tokens = engine, mode, top_n, max_answer_tokens
+        self.listwise = listwise
+        if mode == "listwise" and listwise == "constrained":
+            # "1".."top_n", each one token (Qwen2's tokenizer splits numbers into digits: top_n <= 9).
+            self.label_ids = single_token_ids(engine.processor.tokenizer, [str(i) for i in range(1, top_n + 1)])
         self.fallbacks = 0  # listwise answers that named no candidate, or failed
 
     @classmethod
     def from_pretrained(cls, model: str, backend: str = "vllm", mode: Mode = "listwise", top_n: int = 5,
-                        **engine_kwargs) -> "Reranker":
+                        listwise: Listwise = "constrained", **engine_kwargs) -> "Reranker":
         """A reranker on a model directory (e.g. a trained reranker's OUT/model)."""
         engine_kwargs.setdefault("max_images_per_prompt", top_n + 1)  # a listwise prompt: query + top_n
-        return cls(build_judge(backend, model=model, **engine_kwargs), mode, top_n)
+        return cls(build_judge(backend, model=model, **engine_kwargs), mode, top_n, listwise=listwise)
 
     def rerank(self, query: Item, candidates: Sequence[Item]) -> Ranking:
         return self.rerank_batch([(query, candidates)])[0]
@@ -113,7 +137,12 @@ class Reranker:
         The engine sees all requests at once (one batch for vLLM to schedule).
         """
         heads = [list(candidates[: self.top_n]) for _, candidates in requests]
-        rankings = self._listwise(requests, heads) if self.mode == "listwise" else self._pointwise(requests, heads)
+        if self.mode == "pointwise":
+            rankings = self._pointwise(requests, heads)
+        elif self.listwise == "constrained":
+            rankings = self._listwise_constrained(requests, heads)
+        else:
+            rankings = self._listwise(requests, heads)
         return [Ranking(ranking.order + list(range(len(head), len(candidates))), ranking.scores, ranking.answer,
                         ranking.fallback, ranking.error)
                 for ranking, head, (_, candidates) in zip(rankings, heads, requests)]
@@ -129,19 +158,39 @@ class Reranker:
             rankings.append(Ranking(order_by_scores(scores), scores, error="; ".join(errors) or None))
         return rankings
 
+    def _fallback(self, head: list[Item], answer: str | None, error: str | None) -> Ranking:
+        """The embedder's order, counted, for a listwise request with no usable answer."""
+        self.fallbacks += 1
+        metrics.inc("rerank_fallbacks")
+        logger.debug("listwise answer %r names none of %d candidates%s; keeping the embedder's order",
+                     answer, len(head), f" ({error})" if error else "")
+        return Ranking(list(range(len(head))), answer=answer, fallback=True, error=error)
+
+    @staticmethod
+    def _prompts(requests: Sequence[Request], heads: list[list[Item]]) -> list:
+        return [(listwise_messages(query, head), listwise_images(query, head))
+                for (query, _), head in zip(requests, heads)]
+
     def _listwise(self, requests: Sequence[Request], heads: list[list[Item]]) -> list[Ranking]:
-        prompts = [(listwise_messages(query, head), listwise_images(query, head))
-                   for (query, _), head in zip(requests, heads)]
-        answers = call_isolating_failures(lambda batch: self.engine.generate(batch, self.max_answer_tokens), prompts)
+        answers = call_isolating_failures(lambda batch: self.engine.generate(batch, self.max_answer_tokens),
+                                          self._prompts(requests, heads))
         rankings = []
         for (answer, error), head in zip(answers, heads):
             choice = parse_listwise_answer(answer, len(head))
-            if choice is None:
-                self.fallbacks += 1
-                metrics.inc("rerank_fallbacks")
-                logger.debug("listwise answer %r names none of %d candidates%s; keeping the embedder's order",
-                               answer, len(head), f" ({error})" if error else "")
-                rankings.append(Ranking(list(range(len(head))), answer=answer, fallback=True, error=error))
-            else:
-                rankings.append(Ranking(promote(choice, len(head)), answer=answer))
+            rankings.append(self._fallback(head, answer, error) if choice is None
+                            else Ranking(promote(choice, len(head)), answer=answer))
+        return rankings
+
+    def _listwise_constrained(self, requests: Sequence[Request], heads: list[list[Item]]) -> list[Ranking]:
+        outcomes = call_isolating_failures(
+            lambda batch: self.engine.next_token_logprobs(batch, ANSWER_PREFIX, self.label_ids),
+            self._prompts(requests, heads))
+        rankings = []
+        for (logprobs, error), head in zip(outcomes, heads):
+            if error is not None:
+                rankings.append(self._fallback(head, None, error))
+                continue
+            probabilities = label_distribution(logprobs[: len(head)])  # a shorter list: its own labels only
+            order = order_by_scores(probabilities.tolist())
+            rankings.append(Ranking(order, probabilities.tolist(), answer=listwise_answer(order[0])))
         return rankings

@@ -60,6 +60,8 @@ class RerankSettings(EngineSettings):
     model: str | None = Field(None, description="reranker checkpoint; None: no reranking")
     mode: Literal["listwise", "pointwise"] = Field("listwise", description="one prompt per query, or P(Yes) per pair")
     top_n: int = Field(5, ge=2, description="the embedder's top candidates that get reranked (the paper: 5)")
+    listwise: Literal["constrained", "generate"] = Field(
+        "constrained", description="listwise: the label tokens' distribution in one pass, or a generated answer")
 
     def build(self):
         """The ``Reranker`` these settings describe."""
@@ -67,4 +69,4 @@ class RerankSettings(EngineSettings):
 
         engine = self.engine_arguments()
         return Reranker.from_pretrained(engine.pop("model"), backend=self.backend, mode=self.mode, top_n=self.top_n,
-                                        **engine)
+                                        listwise=self.listwise, **engine)

@@ -2,7 +2,8 @@
 deployments, composed with ``.bind()``; ``build_app`` is what ``serve/config.yaml`` names.
 
 Routes: ``POST /v1/search``, ``POST /v1/embed``, ``POST /v1/rerank``, ``GET /healthz``
-(the process answers), ``GET /readyz`` (the index is loaded). Bad input gets a 4xx whose
+(the process answers), ``GET /readyz`` (every deployment of the graph answers, its model
+loaded and warmed by one request). Bad input gets a 4xx whose
 ``error`` names the field; an item over its token or pixel budget gets its 413 or 422 here,
 before it can join (and slow down) a batch of other requests. With auth on, every route
 but the health checks needs ``Authorization: Bearer <key>``.
@@ -35,6 +36,7 @@ from unime_ray.serving.schemas import (EmbedRequest, EmbedResponse, Hit, ItemIn,
 
 logger = logging.getLogger(__name__)
 
+READY_TIMEOUT_S = 5  # per deployment; a replica still starting does not answer in time
 OPEN_PATHS = {"/healthz", "/readyz", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
 
 api = FastAPI(title="unime-ray retrieval", version="0.1.0",
@@ -183,11 +185,18 @@ class Ingress:
 
     @api.get("/readyz")
     async def readyz(self):
-        """Readiness: the index is loaded (and the reranker, when configured)."""
-        try:
-            info = await asyncio.wait_for(_awaited(self.index.info.remote()), 5)
-        except Exception as error:  # noqa: BLE001 - any failure means not ready
-            return JSONResponse({"ready": False, "reason": f"index: {type(error).__name__}: {error}"}, 503)
+        """Readiness: every deployment answers. A replica answers only once its constructor
+        has loaded and warmed its model, so the first request after ready runs warm."""
+        calls = {"embedder": self.embedder.ready, "index": self.index.info}
+        if self.reranker is not None:
+            calls["reranker"] = self.reranker.ready
+        answers = await asyncio.gather(*(asyncio.wait_for(_awaited(call.remote()), READY_TIMEOUT_S)
+                                         for call in calls.values()), return_exceptions=True)
+        failed = {name: f"{type(a).__name__}: {a}" if str(a) else type(a).__name__
+                  for name, a in zip(calls, answers) if isinstance(a, BaseException)}
+        if failed:
+            return JSONResponse({"ready": False, "reason": "; ".join(f"{k}: {v}" for k, v in failed.items())}, 503)
+        info = answers[1]
         return {"ready": True, "targets": info["count"], "dim": info["dim"], "reranker": self.reranker is not None}
 
     @api.post("/v1/embed", response_model=EmbedResponse)

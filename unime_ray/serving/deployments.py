@@ -18,6 +18,7 @@ from unime_ray.failures import call_isolating_failures
 from unime_ray.models.inputs import Item
 
 AUTOSCALING = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 8}
+WARM_UP = (Item("", "a warm-up query"), Item("", "a first candidate"), Item("", "a second candidate"))
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, autoscaling_config=AUTOSCALING)
@@ -34,6 +35,12 @@ class Embedder:
         self.model = Model.from_pretrained(s.model, s.device, s.dtype, s.min_pixels, s.max_pixels)
         self.embed.set_max_batch_size(s.max_batch_size)
         self.embed.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
+        # Serve routes no request to a replica before its constructor returns: warming here
+        # keeps the first forward's one-off costs out of the first user's time limit.
+        self.dim = int(self.model.embed([WARM_UP[0]]).shape[1])
+
+    def ready(self) -> dict:
+        return {"dim": self.dim}
 
     def _embed(self, items: Sequence[Item]) -> list[np.ndarray | str]:
         # One bad item (an image the processor refuses) fails alone, not its batch-mates.
@@ -76,6 +83,10 @@ class Reranker:
         from unime_ray.models.settings import RerankSettings
 
         self.reranker = RerankSettings.model_validate(settings).build()
+        self.reranker.rerank_batch([(WARM_UP[0], list(WARM_UP[1:]))])  # see Embedder.__init__
+
+    def ready(self) -> dict:
+        return {"mode": self.reranker.mode}
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def rerank(self, requests: list[tuple[Item, list[Item]]]):

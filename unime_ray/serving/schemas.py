@@ -58,6 +58,8 @@ class RerankRequest(Strict):
 
 class RerankResponse(BaseModel):
     order: list[int] = Field(description="candidate indices, best first")
-    scores: list[float | None] | None = Field(None, description="P(Yes) per candidate (pointwise mode)")
+    scores: list[float | None] | None = Field(
+        None, description="per candidate: P(Yes) (pointwise), or the probability that the answer names it "
+                          "(constrained listwise)")
     fallback: bool = False
-    answer: str | None = Field(None, description="the listwise model's raw answer")
+    answer: str | None = Field(None, description="the listwise model's answer (constrained: the label it puts first)")

@@ -65,13 +65,27 @@ def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
         parameter.grad.div_(size)
 
 
+def workers_where(flag: bool) -> list[int]:
+    """Ranks of the workers whose ``flag`` is set; a collective (every worker calls it)."""
+    rank, size = world()
+    if size == 1:
+        return [0] if flag else []
+    flags = torch.zeros(size, dtype=torch.float64, device=_reduce_device())
+    flags[rank] = float(flag)
+    dist.all_reduce(flags, op=dist.ReduceOp.SUM)
+    return [r for r in range(size) if flags[r].item() > 0]
+
+
+def _reduce_device():
+    # NCCL reduces only GPU tensors; gloo takes CPU ones.
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+
+
 def average_scalar(value: float) -> float:
     """Mean of a Python number across workers (for logging)."""
     _, size = world()
     if size == 1:
         return value
-    # NCCL reduces only GPU tensors; gloo takes CPU ones.
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    tensor = torch.tensor([value], dtype=torch.float64, device=_reduce_device())
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return float(tensor.item() / size)

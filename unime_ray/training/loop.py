@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Callable, Protocol
@@ -18,7 +19,7 @@ import torch
 from unime_ray.metrics import set_gauge
 from unime_ray.training.checkpointing import report, restore_latest, warmup_linear
 from unime_ray.training.config import TrainJobConfig
-from unime_ray.training.distributed import average_gradients, average_scalar
+from unime_ray.training.distributed import average_gradients, average_scalar, workers_where
 from unime_ray.training.records import next_trainable_batch, record_batches
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,19 @@ def load_trainable_model(cfg: TrainJobConfig):
     return load_processor(cfg.model, cfg.min_pixels, cfg.max_pixels), model
 
 
+def stop_if_not_finite(step: int, loss: float, parameters: list[torch.nn.Parameter]) -> None:
+    """Raise ``FloatingPointError`` on every worker when any worker's loss or gradients hold
+    a NaN or an infinity: called before the gradients are averaged, which would spread them
+    to every worker's adapters (and the next checkpoint)."""
+    bad_grads = sum(1 for p in parameters if p.grad is not None and not torch.isfinite(p.grad).all())
+    bad = workers_where(not math.isfinite(loss) or bad_grads > 0)
+    if bad:
+        raise FloatingPointError(
+            f"step {step}: the loss or the gradients are not finite on worker(s) {bad} (this worker: loss {loss}, "
+            f"{bad_grads} parameter(s) with non-finite gradients); stopped before averaging them. Usual causes: "
+            "a learning rate too high, float16 overflow (use bfloat16), or non-finite judge scores in the records")
+
+
 def run_training(cfg: TrainJobConfig, model, build_batch: BuildBatch, train_step: TrainStep) -> None:
     """Optimise ``model``'s trainable parameters for ``cfg.optim.max_steps`` steps, resuming
     from Ray Train's latest checkpoint; rank 0 appends each step to OUT/metrics.jsonl."""
@@ -83,6 +97,7 @@ def run_training(cfg: TrainJobConfig, model, build_batch: BuildBatch, train_step
         batch = next_trainable_batch(batches, lambda records: build_batch(records, step), skipped)
         optimizer.zero_grad(set_to_none=True)
         scalars = train_step(batch)
+        stop_if_not_finite(step, float(scalars["loss"]), parameters)
         average_gradients(parameters)
         if cfg.optim.grad_clip:
             torch.nn.utils.clip_grad_norm_(parameters, cfg.optim.grad_clip)

@@ -1,8 +1,8 @@
 """Mined records -> the reranker's training sequences (METHOD.md section 5).
 
 Per record, with the query's and candidates' texts and images all in the prompts:
-- pairwise: (query, positive) -> "Yes" and (query, hardest kept negative) -> "No",
-  with the judge's prompt;
+- pairwise: (query, positive) -> "Yes" and (query, hardest kept negative: the judge's
+  highest score among all of the record's negatives) -> "No", with the judge's prompt;
 - listwise: the query and ``list_size`` candidates (the first ``list_size - 1`` mined
   negatives, the positive inserted at a uniformly drawn position) -> "Ans: (i)".
 
@@ -59,7 +59,7 @@ def record_sequences(record: dict, image_root: str | None, list_size: int,
     require_negatives(record, list_size - 1)
     query, positive = query_item(record, image_root), positive_item(record, image_root)
     negatives = [negative_item(record, i, image_root) for i in range(list_size - 1)]
-    hardest = negatives[hardest_negative(record["neg_scores"][: list_size - 1])]
+    hardest = negative_item(record, hardest_negative(record["neg_scores"]), image_root)
     position = int(rng.integers(list_size))
     candidates = negatives[:position] + [positive] + negatives[position:]
     return [

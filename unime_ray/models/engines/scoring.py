@@ -51,15 +51,22 @@ def judge_prompt(processor, pair: Pair) -> str:
     return render(processor, judge_messages(*pair), add_generation_prompt=True)
 
 
-def yes_no_token_ids(tokenizer, yes: str = "Yes", no: str = "No") -> tuple[int, int]:
-    """Token ids of the answers; each must be a single token for a one-position score."""
+def single_token_ids(tokenizer, words: Sequence[str]) -> list[int]:
+    """Token ids of ``words``; each must be a single token, for a one-position score."""
     ids = []
-    for word in (yes, no):
+    for word in words:
         tokens = tokenizer.encode(word, add_special_tokens=False)
         if len(tokens) != 1:
-            raise ValueError(f"the judge's tokenizer splits {word!r} into {len(tokens)} tokens")
+            raise ValueError(f"the tokenizer splits {word!r} into {len(tokens)} tokens; a one-position score "
+                             "needs each answer to be one token")
         ids.append(tokens[0])
-    return ids[0], ids[1]
+    return ids
+
+
+def yes_no_token_ids(tokenizer, yes: str = "Yes", no: str = "No") -> tuple[int, int]:
+    """Token ids of the judge's answers."""
+    yes_id, no_id = single_token_ids(tokenizer, (yes, no))
+    return yes_id, no_id
 
 
 @dataclass(frozen=True)
@@ -160,6 +167,11 @@ class Judge(Protocol):
 
     def generate(self, prompts: Sequence[Chat], max_tokens: int) -> list[str]:
         """Greedy answers (the listwise reranker's); raises if any prompt fails."""
+
+    def next_token_logprobs(self, prompts: Sequence[Chat], prefix: str, token_ids: Sequence[int]) -> list[list[float]]:
+        """Log-probabilities of ``token_ids`` right after each prompt's generation prompt
+        followed by ``prefix`` (the start of the answer): one forward pass, no sampling;
+        raises if any prompt fails."""
 
 
 BACKENDS = {

