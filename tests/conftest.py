@@ -131,14 +131,19 @@ def submit_job(head, entrypoint: list[str], *extra: str, timeout: int = 900):
     return subprocess.run(cmd, env=head["env"], capture_output=True, text=True, timeout=timeout)
 
 
+def mining_args(planted, checkpoints, output_dir, overrides=()) -> list[str]:
+    """`jobs/mine.py`'s command line for the planted corpus (the session's mining run's)."""
+    return ["--config", str(REPO / "configs" / "mine.yaml"), "--output-dir", str(output_dir),
+            "corpus.source=parquet", f"corpus.path={planted['path']}", f"corpus.image_root={planted['image_root']}",
+            f"embed.model={checkpoints['embedder']}", f"judge.model={checkpoints['judge']}",
+            f"retrieval.top_k={TOP_K}", f"select.k={K}", f"select.beta={BETA}", "judge.max_model_len=1024",
+            # The planted corpus is 8 bad rows in 65: above the default ceiling on purpose.
+            "max_reject_fraction=0.2", *overrides]
+
+
 def submit_mining(head, planted, checkpoints, output_dir, *extra, overrides=()):
-    return submit_job(head, [
-        "python", "jobs/mine.py", "--config", "configs/mine.yaml", "--output-dir", str(output_dir),
-        "corpus.source=parquet", f"corpus.path={planted['path']}", f"corpus.image_root={planted['image_root']}",
-        f"embed.model={checkpoints['embedder']}", f"judge.model={checkpoints['judge']}",
-        f"retrieval.top_k={TOP_K}", f"select.k={K}", f"select.beta={BETA}", "judge.max_model_len=1024",
-        # The planted corpus is 8 bad rows in 65: above the default ceiling on purpose.
-        "max_reject_fraction=0.2", *overrides], *extra)
+    return submit_job(head, ["python", "jobs/mine.py", *mining_args(planted, checkpoints, output_dir, overrides)],
+                      *extra)
 
 
 @pytest.fixture(scope="session")

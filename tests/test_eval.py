@@ -237,7 +237,7 @@ def test_distributed_ranking_equals_the_plain_one_ties_included(tmp_path, local_
     assert {r["id"]: (r["rank"], r["ties"]) if r["error"] is None else r["error"] for r in ranked} == plain
     # Not trivial: ranks past the first two, a tie the strict rule counts against the gold
     # (argmax would give q-tie's gold rank 0), a repeat of the gold, and both kinds of rejects.
-    assert plain["q:Colors:1"] == (1, 1) and plain["q:Colors:2"] == (3, 2) and plain["q:Shapes:0"] == (2, 0)
+    assert plain["q:Colors:1"] == (1, 1) and plain["q:Colors:2"] == (3, 2) and plain["q:Shapes:0"] == (2, 1)
     assert plain["q:Shapes:2"] == (0, 0)
     assert plain["q:Colors:3"] == "query: image: unreadable"
     assert plain["q:Colors:4"] == "gold candidate: embedding failed: boom"

@@ -1,9 +1,9 @@
 """Node loss on a multi-node Ray cluster on this machine (``ray.cluster_utils.Cluster``: a
 head that runs no work and two worker nodes of 2 logical CPUs: Ray Data's file listing
 and read tasks take 1 CPU each, which must fit beside the preparation and model actor pools
-wherever Ray places them). A worker node is killed while the
-mining job judges, and while training runs; both finish, mining with the same records as
-an undisturbed run, training from its last checkpoint."""
+wherever Ray places them). A worker node is killed while the mining job judges (on vLLM),
+and while training runs; both finish, mining with the same records as an undisturbed run,
+training from its last checkpoint."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import BETA, K, TOP_K
+from conftest import K, mining_args
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 
@@ -69,33 +69,21 @@ def _kill_node_running(cluster, workers, name_part: str, ready, timeout: float =
     raise TimeoutError(f"no alive {name_part} actor on a worker node")
 
 
-def _mining_config(planted, checkpoints, out):
+def test_mining_survives_a_lost_node(cluster, first_run, planted_corpus, checkpoints, tmp_path):
+    """The session's mining run (the same command line, on the test head) is the undisturbed
+    reference: the pipeline is deterministic, as the snapshot test shows."""
+    from unime_ray.config import parse_job_args
     from unime_ray.mining.config import MineConfig
-
-    return MineConfig.model_validate({
-        "output_dir": str(out),
-        "corpus": {"source": "parquet", "path": planted["path"], "image_root": planted["image_root"]},
-        "embed": {"model": checkpoints["embedder"], "num_cpus": 0.5},
-        "retrieval": {"top_k": TOP_K},
-        # transformers: deterministic scores, so the two runs can be compared record by record.
-        "judge": {"backend": "transformers", "model": checkpoints["judge"], "num_cpus": 0.5, "batch_size": 2,
-                  "forward_batch_size": 8},
-        "select": {"k": K, "beta": BETA},
-        "max_reject_fraction": 0.2,  # the planted corpus' 8 bad rows in 65
-    })
-
-
-def test_mining_survives_a_lost_node(cluster, planted_corpus, checkpoints, tmp_path):
     from unime_ray.mining.pipeline import run_mining
 
     cluster, workers = cluster
-    run_mining(_mining_config(planted_corpus, checkpoints, tmp_path / "undisturbed"))
     disturbed = tmp_path / "disturbed"
+    config = parse_job_args(MineConfig, mining_args(planted_corpus, checkpoints, disturbed))
     outcome: dict = {}
 
     def mine():
         try:
-            outcome["summary"] = run_mining(_mining_config(planted_corpus, checkpoints, disturbed))
+            outcome["summary"] = run_mining(config)
         except BaseException as error:  # noqa: BLE001 - re-raised in the test thread
             outcome["error"] = error
 
@@ -106,7 +94,7 @@ def test_mining_survives_a_lost_node(cluster, planted_corpus, checkpoints, tmp_p
     assert not (disturbed / "stages" / "judge").exists()  # killed mid-judge, not after
     thread.join(timeout=900)
     assert not thread.is_alive() and "error" not in outcome, outcome.get("error")
-    before = sorted(pq.read_table(tmp_path / "undisturbed" / "mined.parquet").to_pylist(), key=lambda r: r["query_id"])
+    before = sorted(pq.read_table(first_run / "mined.parquet").to_pylist(), key=lambda r: r["query_id"])
     after = sorted(pq.read_table(disturbed / "mined.parquet").to_pylist(), key=lambda r: r["query_id"])
     assert len({r["query_id"] for r in after}) == len(after) == len(before) == planted_corpus["good_queries"]
     for a, b in zip(before, after):

@@ -53,19 +53,24 @@ def _requests(first_run, count=8):
     return requests, positions
 
 
+@pytest.fixture(scope="module")
+def engines(trained):
+    """The exported reranker on both engines, shared by the modes (an engine loads in ~20 s)."""
+    from unime_ray.models.engines.scoring import build_judge
+
+    model = str(trained / "model")
+    vllm = build_judge("vllm", model=model, max_model_len=1024, kv_cache_gib=1, max_images_per_prompt=TOP_N + 1,
+                       engine_kwargs={"enforce_eager": True, "block_size": 32})
+    yield build_judge("transformers", model=model), vllm
+    vllm.close()
+
+
 @pytest.mark.parametrize("mode,listwise", [("listwise", "generate"), ("listwise", "constrained"),
                                            ("pointwise", "constrained")])
-def test_the_export_reranks_alike_on_both_engines(trained, first_run, mode, listwise):
+def test_the_export_reranks_alike_on_both_engines(engines, first_run, mode, listwise):
     requests, _ = _requests(first_run)
-    model = str(trained / "model")
-    hf = Reranker.from_pretrained(model, backend="transformers", mode=mode, top_n=TOP_N, listwise=listwise)
-    vl = Reranker.from_pretrained(model, backend="vllm", mode=mode, top_n=TOP_N, listwise=listwise,
-                                  max_model_len=1024, kv_cache_gib=1,
-                                  engine_kwargs={"enforce_eager": True, "block_size": 32})
-    try:
-        by_hf, by_vllm = hf.rerank_batch(requests), vl.rerank_batch(requests)
-    finally:
-        vl.engine.close()
+    hf, vl = (Reranker(engine, mode, top_n=TOP_N, listwise=listwise) for engine in engines)
+    by_hf, by_vllm = hf.rerank_batch(requests), vl.rerank_batch(requests)
     assert hf.fallbacks == sum(r.fallback for r in by_hf) and vl.fallbacks == sum(r.fallback for r in by_vllm)
     for a, b in zip(by_hf, by_vllm):
         assert sorted(a.order) == list(range(TOP_N)) and a.error is None and b.error is None

@@ -1,5 +1,5 @@
 """End to end: `ray job submit jobs/train_embedder.py` with 2 workers on the mined records
-of the session's mining run; then a worker killed mid-run."""
+of the session's mining run, a worker killed mid-run."""
 
 from __future__ import annotations
 
@@ -35,33 +35,15 @@ def _history(out):
     return [steps[s] for s in sorted(steps)]
 
 
-def test_training_loss_falls_and_the_export_embeds(ray_head, first_run, checkpoints, tmp_path):
-    out = tmp_path / "train"
-    done = submit_job(ray_head, _train_entrypoint(first_run, checkpoints, out, "optim.max_steps=30",
-                                                  "checkpoint.every_steps=10"))
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    history = _history(out)
-    assert [h["step"] for h in history] == list(range(1, 31))
-    losses = [h["loss"] for h in history]
-    assert all(np.isfinite(losses))
-    # 36 records, 2 workers x 8 per step: many epochs over the same data, so it must fit them.
-    assert statistics.mean(losses[-10:]) < 0.8 * statistics.mean(losses[:10]), losses
-    assert history[0]["candidates_encoded"] < 8 * (1 + K)  # duplicates were encoded once
-    summary = json.loads((out / "train_summary.json").read_text())
-    trained = Embedder.from_pretrained(summary["model"])
-    base = Embedder.from_pretrained(checkpoints["embedder"])
-    items = [Item("Find a caption for the given image.", "a red circle"), Item("", "a blue triangle")]
-    after, before = trained.embed(items), base.embed(items)
-    assert np.allclose(np.linalg.norm(after, axis=1), 1.0, atol=1e-5)
-    assert not np.allclose(after, before, atol=1e-4)  # the merged LoRA changed the model
-
-
 def _train_worker_pids():
     return [p.pid for p in psutil.process_iter(["cmdline"])
             if any("RayTrainWorker" in part for part in (p.info["cmdline"] or []))]
 
 
-def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_head, first_run, checkpoints, tmp_path):
+def test_training_survives_a_killed_worker_the_loss_falls_and_the_export_embeds(ray_head, first_run, checkpoints,
+                                                                                 tmp_path):
+    """One run does both (each job costs minutes of start-up on 2 cores): a worker killed
+    after the first checkpoint, the run resumed from it, and what it learnt."""
     out = tmp_path / "train_fault"
     started = submit_job(ray_head, _train_entrypoint(first_run, checkpoints, out, "optim.max_steps=40",
                                                      "checkpoint.every_steps=5"),
@@ -85,3 +67,15 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_head, first_run, c
     assert summary["metrics"]["resumed_from_step"] >= 10  # restarted from a checkpoint, not from scratch
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) > 40  # the steps after the checkpoint ran twice
+
+    losses = [h["loss"] for h in history]
+    assert all(np.isfinite(losses))
+    # 36 records, 2 workers x 8 per step: many epochs over the same data, so it must fit them.
+    assert statistics.mean(losses[-10:]) < 0.8 * statistics.mean(losses[:10]), losses
+    assert history[0]["candidates_encoded"] < 8 * (1 + K)  # duplicates were encoded once
+    trained = Embedder.from_pretrained(summary["model"])
+    base = Embedder.from_pretrained(checkpoints["embedder"])
+    items = [Item("Find a caption for the given image.", "a red circle"), Item("", "a blue triangle")]
+    after, before = trained.embed(items), base.embed(items)
+    assert np.allclose(np.linalg.norm(after, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(after, before, atol=1e-4)  # the merged LoRA changed the model
