@@ -8,8 +8,9 @@ layout of the published MMEB-eval), one query per row:
 
 Image paths are relative to the image root. Each task's meta-task comes from
 ``DIR/tasks.json`` (``{"tasks": {name: meta_task}}``) or, for MMEB's own 36 tasks, from
-the table below; any other task is evaluated under ``other``, with a warning. A malformed row is rejected with its task, row number and reason, and
-the rest of the task is evaluated.
+the table below; any other task is evaluated under ``other``, with a warning. A malformed
+row is rejected with its task, row number and reason, and the rest of the task is
+evaluated.
 
 The driver only plans (``plan_tasks``: names, meta-tasks, files). Each task is then read
 by one Ray Data task (``read_queries``): its rows are numbered across its files, so one

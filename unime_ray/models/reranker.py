@@ -22,10 +22,10 @@ import re
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-from unime_ray import metrics
-from unime_ray.failures import call_isolating_failures
 import numpy as np
 
+from unime_ray import metrics
+from unime_ray.failures import call_isolating_failures
 from unime_ray.models.engines.scoring import build_judge, single_token_ids
 from unime_ray.models.inputs import Item, user_turn
 

@@ -190,13 +190,14 @@ class Ingress:
         calls = {"embedder": self.embedder.ready, "index": self.index.info}
         if self.reranker is not None:
             calls["reranker"] = self.reranker.ready
-        answers = await asyncio.gather(*(asyncio.wait_for(_awaited(call.remote()), READY_TIMEOUT_S)
-                                         for call in calls.values()), return_exceptions=True)
+        answers = dict(zip(calls, await asyncio.gather(
+            *(asyncio.wait_for(_awaited(call.remote()), READY_TIMEOUT_S) for call in calls.values()),
+            return_exceptions=True)))
         failed = {name: f"{type(a).__name__}: {a}" if str(a) else type(a).__name__
-                  for name, a in zip(calls, answers) if isinstance(a, BaseException)}
+                  for name, a in answers.items() if isinstance(a, BaseException)}
         if failed:
             return JSONResponse({"ready": False, "reason": "; ".join(f"{k}: {v}" for k, v in failed.items())}, 503)
-        info = answers[1]
+        info = answers["index"]
         return {"ready": True, "targets": info["count"], "dim": info["dim"], "reranker": self.reranker is not None}
 
     @api.post("/v1/embed", response_model=EmbedResponse)
