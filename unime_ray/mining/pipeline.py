@@ -27,6 +27,7 @@ from unime_ray.dataplane.embed_stage import embed_dataset
 from unime_ray.dataplane.io import count_rows, publish, read_dataset, rows_where_error, write_dataset, write_resumable
 from unime_ray.mining.config import MineConfig
 from unime_ray.mining.judge_stage import judge_dataset, pair_inputs
+from unime_ray.mining.label_judge import label_judge_dataset
 from unime_ray.mining.manifest import Manifest, fingerprint, path_signature
 from unime_ray.mining.select_stage import RECORD_SCHEMA, SELECTED_SCHEMA, select_records
 from unime_ray.retrieval.shards import search_dataset, shard_files, start_shards
@@ -112,6 +113,8 @@ def stage_judge(config: MineConfig, pairs_dir: Path, image_root: str | None, out
     blocks that were in flight. Reports the pairs judged by this run, those restored from
     earlier runs, and the prefix cache's share of this run's prompt tokens."""
     def judged():
+        if config.judge.labels:
+            return label_judge_dataset(read_dataset(pairs_dir / "rows"), config.judge.labels)
         return judge_dataset(read_dataset(pairs_dir / "rows"), config.judge, image_root,
                              config.corpus.max_image_pixels)
 
@@ -176,9 +179,9 @@ def run_mining(config: MineConfig) -> dict:
     fp_embed = fingerprint(fp_corpus, dump(config.embed), path_signature(config.embed.model))
     fp_retrieve = fingerprint(fp_embed, dump(config.retrieval))
     fp_pairs = fingerprint(fp_retrieve)
-    fp_judge = fingerprint(fp_pairs, path_signature(j.model), j.model_dump(
+    fp_judge = fingerprint(fp_pairs, path_signature(j.model), path_signature(j.labels), j.model_dump(
         mode="json", include={"backend", "model", "dtype", "max_model_len", "engine_kwargs", "cpu_engine_kwargs",
-                              "min_pixels", "max_pixels"}))
+                              "min_pixels", "max_pixels", "labels"}))
     fp_select = fingerprint(fp_judge, dump(config.select), config.output_dir)
     stage = manifest.stage_dir
 

@@ -1,4 +1,5 @@
-"""Checkpoints inside a Ray Train loop: adapter + optimizer + scheduler + step.
+"""Checkpoints inside a Ray Train loop: adapter (or every weight, ``finetune=full``) +
+optimizer + scheduler + step, and the trained model's export.
 
 Every worker calls ``report`` at the same steps (Ray Train requires it); rank 0 alone
 writes the checkpoint, since data-parallel replicas hold identical weights.
@@ -12,11 +13,17 @@ from pathlib import Path
 import torch
 
 ADAPTER = "adapter"
+WEIGHTS = "model.safetensors"  # finetune=full
 STATE = "trainer_state.pt"
 
 
 def save_state(directory: Path, model, optimizer, scheduler, step: int) -> None:
-    model.save_pretrained(directory / ADAPTER)  # peft: the adapter only
+    from safetensors.torch import save_model
+
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(directory / ADAPTER)  # peft: the adapter only
+    else:
+        save_model(model, str(directory / WEIGHTS))  # stores tied tensors once
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step},
                directory / STATE)
 
@@ -24,9 +31,12 @@ def save_state(directory: Path, model, optimizer, scheduler, step: int) -> None:
 def load_state(directory: Path, model, optimizer, scheduler) -> int:
     """Restore a checkpoint written by ``save_state``; returns its step."""
     from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file, load_model
 
-    set_peft_model_state_dict(model, load_file(directory / ADAPTER / "adapter_model.safetensors"))
+    if (directory / ADAPTER).exists():
+        set_peft_model_state_dict(model, load_file(directory / ADAPTER / "adapter_model.safetensors"))
+    else:
+        load_model(model, str(directory / WEIGHTS))
     state = torch.load(directory / STATE, weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -68,3 +78,20 @@ def warmup_linear(optimizer, warmup_steps: int, max_steps: int):
         return max(0.0, (max_steps - step) / max(1, max_steps - warmup_steps))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def export_checkpoint(base_model: str, checkpoint_dir: Path, out_dir: Path, dtype: str = "float32") -> Path:
+    """A checkpoint as a plain model directory: LoRA merged into ``base_model``, or the
+    base's architecture with the checkpoint's weights (``finetune=full``)."""
+    from safetensors.torch import load_model as load_weights
+
+    from unime_ray.models.loading import load_model, load_processor
+    from unime_ray.training.lora import export_merged
+
+    if (checkpoint_dir / ADAPTER).exists():
+        return export_merged(base_model, checkpoint_dir / ADAPTER, out_dir, dtype)
+    model = load_model(base_model, "cpu", dtype)
+    load_weights(model, str(checkpoint_dir / WEIGHTS))
+    model.save_pretrained(out_dir)
+    load_processor(base_model).save_pretrained(out_dir)
+    return out_dir

@@ -39,6 +39,9 @@ class CheckpointSettings(StrictModel):
     every_steps: int = Field(100, ge=1, description="report a checkpoint every N steps (and at the end)")
     num_to_keep: int = Field(2, ge=1, description="best checkpoints kept, by training loss")
     max_failures: int = Field(2, ge=0, description="worker-group restarts from the latest checkpoint")
+    report_every_steps: int = Field(
+        50, ge=1, description="metrics to Ray Train every N steps (every step still goes to metrics.jsonl); its "
+                              "controller takes one report per poll (2 s), so reporting every step paces training")
 
 
 class TrainJobConfig(PixelBudget):
@@ -53,12 +56,15 @@ class TrainJobConfig(PixelBudget):
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward (less memory)")
     torch_threads: int | None = Field(1, ge=1, description="intra-op threads per worker")
     seed: int = Field(0, description="seeds LoRA init (same on all workers), data order and dropout (per worker)")
+    finetune: Literal["lora", "full"] = Field(
+        "lora", description="lora: adapters on the language model, the rest frozen (the paper); full: every weight "
+                            "trains (a small model from scratch, as the replication's round 0)")
     lora: LoraSettings = LoraSettings()
     data: DataSettings = DataSettings()
     optim: OptimSettings = OptimSettings()
     scaling: ScalingSettings = ScalingSettings()
     checkpoint: CheckpointSettings = CheckpointSettings()
-    export: bool = Field(True, description="merge the final adapter into OUT/model")
+    export: bool = Field(True, description="write the trained model to OUT/model (LoRA: merged into the base)")
 
 
 class TrainEmbedderConfig(TrainJobConfig):

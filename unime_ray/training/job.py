@@ -63,7 +63,7 @@ def run_training_job(config_class: type[TrainJobConfig], loop: Callable[[dict], 
                      description: str = "") -> dict:
     """Parse the config, train on Ray Train, export the merged model; returns the summary
     also written to OUT/train_summary.json. Runs on the connected Ray cluster."""
-    from unime_ray.training.lora import export_merged
+    from unime_ray.training.checkpointing import export_checkpoint
     from unime_ray.training.runner import build_trainer, latest_checkpoint_dir
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -76,8 +76,7 @@ def run_training_job(config_class: type[TrainJobConfig], loop: Callable[[dict], 
     result = build_trainer(loop, cfg, records_dataset(cfg)).fit()
     summary = {"metrics": result.metrics, "checkpoint": str(latest_checkpoint_dir(result))}
     if cfg.export:
-        adapter = latest_checkpoint_dir(result) / "adapter"
-        summary["model"] = str(export_merged(cfg.model, adapter, out / "model", cfg.dtype))
+        summary["model"] = str(export_checkpoint(cfg.model, latest_checkpoint_dir(result), out / "model", cfg.dtype))
     (out / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
     print(json.dumps(summary, indent=1, default=str))
     return summary

@@ -47,13 +47,16 @@ def setup_worker(cfg: TrainJobConfig) -> int:
 
 
 def load_trainable_model(cfg: TrainJobConfig):
-    """(processor, backbone + LoRA in train mode). The seed is shared by all workers so that
-    their adapters start identical (data parallelism keeps them so)."""
+    """(processor, backbone + LoRA, or the whole backbone with ``finetune=full``, in train
+    mode). The seed is shared by all workers so that their adapters start identical (data
+    parallelism keeps them so)."""
     from unime_ray.models.loading import load_model, load_processor
     from unime_ray.training.lora import apply_lora
 
     torch.manual_seed(cfg.seed)
-    model = apply_lora(load_model(cfg.model, cfg.device, cfg.dtype), cfg.lora)
+    model = load_model(cfg.model, cfg.device, cfg.dtype)
+    if cfg.finetune == "lora":
+        model = apply_lora(model, cfg.lora)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
@@ -120,5 +123,5 @@ def run_training(cfg: TrainJobConfig, model, build_batch: BuildBatch, train_step
                 log.write(json.dumps(metrics) + "\n")
         if step % cfg.checkpoint.every_steps == 0 or step == cfg.optim.max_steps:
             report(metrics, model, optimizer, scheduler, step)
-        else:
+        elif step % cfg.checkpoint.report_every_steps == 0:
             report(metrics)
