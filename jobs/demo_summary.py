@@ -30,6 +30,16 @@ def hits_table(answer: dict) -> str:
     return "\n".join(lines)
 
 
+def overall_line(eval_dir: Path) -> str:
+    """Overall Precision@1 of the base, the trained embedder and the two with the reranker."""
+    base = json.loads((eval_dir / "base" / "results.json").read_text())
+    trained = json.loads((eval_dir / "trained" / "results.json").read_text())
+    line = f"overall base {100 * base['overall']:.1f}, trained {100 * trained['overall']:.1f}"
+    if "reranked" in trained:
+        line += f", trained + reranker {100 * trained['reranked']['overall']:.1f}"
+    return line
+
+
 def summary(out: Path) -> str:
     mined = json.loads((out / "summary.json").read_text())
     parts = [
@@ -38,7 +48,7 @@ def summary(out: Path) -> str:
         f"{mined['rows_rejected']} rows rejected",
         f"Embedder training: {loss_line(out / 'train' / 'metrics.jsonl')}",
         f"Reranker training: {loss_line(out / 'rerank' / 'metrics.jsonl')}",
-        "", "Evaluation on the MMEB-mini (Precision@1, %):", "",
+        "", "Evaluation on the MMEB-mini (Precision@1, %): " + overall_line(out / "eval"), "",
         (out / "eval" / "comparison.md").read_text().strip(),
         "", "First search after the service was ready (POST /v1/search, reranked):", "",
         hits_table(json.loads((out / "search.json").read_text())),
