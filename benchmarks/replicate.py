@@ -129,14 +129,12 @@ def judge_quality(mined: Path, labels: Path, beta: float) -> dict:
         str(mined / "stages/judge/scores"), str(labels), beta))
 
 
-def records_profile(mined: Path, overrides: list[str]) -> dict:
-    """In a Ray task, as ``judge_quality``: what an arm with these overrides trains on."""
+def records_profile(mined: Path, train) -> dict:
+    """In a Ray task, as ``judge_quality``: what an arm with the training config ``train`` trains on."""
     import ray
 
     from unime_ray.replication.judge_quality import records_profile_of_run
-    from unime_ray.training.config import TrainEmbedderConfig
 
-    train = load_config(TrainEmbedderConfig, REPO / "configs/train_embedder.yaml", overrides)
     return ray.get(ray.remote(records_profile_of_run).options(num_cpus=0.5).remote(
         str(mined / "mined.parquet"), train.num_negatives, train.temperature))
 
@@ -177,6 +175,7 @@ def main(argv=None) -> dict:
     from unime_ray.eval.build_mini import build_mini
     from unime_ray.mining.config import MineConfig
     from unime_ray.replication.tables import arm_summary, markdown_table
+    from unime_ray.training.config import TrainEmbedderConfig
 
     cfg = parse_job_args(ReplicateConfig, argv, __doc__.splitlines()[0])
     out = Path(cfg.output_dir).resolve()
@@ -239,21 +238,23 @@ def main(argv=None) -> dict:
                       reranker1 / "model" if name == cfg.rerank_arm else None))
 
     load = lambda path: json.loads(path.read_text())  # noqa: E731
-    arms = {"init": arm_summary([load(evals / "init/results.json")]), "E0": arm_summary([load(evals / "E0/results.json")])}
+    arms = {name: arm_summary([load(evals / f"{name}/results.json")]) for name in ("init", "E0")}
     for arm in cfg.arms:
         arms[arm.label] = arm_summary([load(evals / f"{arm.name}/seed{s}/results.json") for s in cfg.seeds])
     reranked = next(arm.label for arm in cfg.arms if arm.name == cfg.rerank_arm)
     arms[f"{reranked} + reranker"] = arm_summary(
         [load(evals / f"{cfg.rerank_arm}/seed{s}/results.json")["reranked"] for s in cfg.seeds])
     beta = load_config(MineConfig, REPO / "configs/mine.yaml", cfg.mine).select.beta
+    arm_training = load_config(TrainEmbedderConfig, REPO / "configs/train_embedder.yaml", cfg.arm_common)
+    summaries = {"round0_labels": load(pairs0 / "summary.json"), "round1": load(mined1 / "summary.json")}
     result = {
         "config": cfg.model_dump(mode="json"),
         "judge_quality_heldout": judge_quality(heldout, heldout_corpus / LABELS_FILE, beta),
-        "mining": {name: {k: load(path / "summary.json")[k] for k in (
+        "mining": {name: {k: summary[k] for k in (
             "queries_in", "targets_in", "pairs_judged", "records", "false_negatives_dropped", "negatives_kept",
-            "fallbacks_used")} for name, path in (("round0_labels", pairs0), ("round1", mined1))},
+            "fallbacks_used")} for name, summary in summaries.items()},
         "judge_quality_round1": judge_quality(mined1, train_corpus / LABELS_FILE, beta),
-        "training_records": {name: records_profile(path, cfg.arm_common) for name, path in (
+        "training_records": {name: records_profile(path, arm_training) for name, path in (
             ("round1_mined", mined1), ("labels_judged", pairs0))},
         "losses": {"E0": loss_curve(e0), "J": loss_curve(judge), "round1_reranker": loss_curve(reranker1),
                    **{f"{name}/seed{seed}": loss_curve(run) for (name, seed), run in runs.items()}},

