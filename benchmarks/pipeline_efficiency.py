@@ -117,7 +117,7 @@ def raw_embed(corpus_dir: Path, image_root: str, config) -> dict:
 
     set_torch_threads(config.embed.torch_threads)
     e = config.embed
-    embedder = Embedder.from_pretrained(e.model, e.device, e.dtype, e.min_pixels, e.max_pixels)
+    embedder = Embedder.from_pretrained(e.model, e.device, e.dtype, e.min_pixels, e.max_pixels, e.format)
     items = [row_item(r, image_root, config.corpus.max_image_pixels) for name in ("queries", "targets")
              for f in parquet_files(corpus_dir / name) for r in pq.read_table(f).to_pylist()]
     embedder.embed(items[:e.batch_size])
@@ -169,7 +169,7 @@ def main() -> None:
     e = config.embed
     judge_start = start_up_seconds(lambda: build_judge("vllm", **engine))
     embed_start = start_up_seconds(lambda: Embedder.from_pretrained(e.model, e.device, e.dtype, e.min_pixels,
-                                                                    e.max_pixels))
+                                                                    e.max_pixels, e.format))
     ray.shutdown()
     raw_j = raw_judge(judge_requests(output / "stages/pairs/rows", image_root, config), config)
     raw_e = raw_embed(output / "stages/corpus", image_root, config)

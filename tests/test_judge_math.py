@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from unime_ray.failures import call_isolating_failures
-from unime_ray.models.engines.scoring import JUDGE_PROMPT, judge_messages, yes_probability
+from unime_ray.models.engines.scoring import yes_probability
+from unime_ray.models.formats import JUDGE_PROMPT, unime_ray_pair
 from unime_ray.models.inputs import Item, join_text
 
 
@@ -26,7 +27,7 @@ def test_yes_probability_is_stable_for_large_logits():
 
 def test_judge_messages_carry_prompt_texts_and_images_in_order():
     image = Image.new("RGB", (8, 8))
-    messages = judge_messages(Item("Represent:", "what shape?", image), Item("", "circle", None))
+    messages = unime_ray_pair(Item("Represent:", "what shape?", image), Item("", "circle", None))
     content = messages[0]["content"]
     assert content[0]["text"].startswith(JUDGE_PROMPT)
     kinds = [c["type"] for c in content]

@@ -7,9 +7,9 @@ import torch
 from conftest import png_bytes
 
 from unime_ray.models.inputs import Item, encode, render
+from unime_ray.models.formats import unime_ray_list as listwise_messages
 from unime_ray.models.reranker import (ANSWER_PREFIX, Reranker, label_distribution, listwise_answer,
-                                       listwise_images, listwise_messages, order_by_scores, parse_listwise_answer,
-                                       promote)
+                                       listwise_images, order_by_scores, parse_listwise_answer, promote)
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import submit_job
 
+from unime_ray.models.formats import read_record
 from unime_ray.models.reranker import Reranker, listwise_answer, order_by_scores
 from unime_ray.training.records import negative_item, positive_item, query_item
 
@@ -39,6 +40,7 @@ def test_training_loss_falls(trained):
         assert statistics.mean(values[-10:]) < 0.5 * statistics.mean(values[:10]), (name, values)
     summary = json.loads((trained / "train_summary.json").read_text())
     assert (trained / "model" / "config.json").exists() and summary["model"] == str(trained / "model")
+    assert read_record(trained / "model")["prompts"] == "unime-ray"
 
 
 def _requests(first_run, count=8):

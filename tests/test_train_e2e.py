@@ -15,6 +15,7 @@ import pytest
 from conftest import K, submit_job, wait_for_job
 
 from unime_ray.models.embedder import Embedder
+from unime_ray.models.formats import read_record
 from unime_ray.models.inputs import Item
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
@@ -79,3 +80,6 @@ def test_training_survives_a_killed_worker_the_loss_falls_and_the_export_embeds(
     after, before = trained.embed(items), base.embed(items)
     assert np.allclose(np.linalg.norm(after, axis=1), 1.0, atol=1e-5)
     assert not np.allclose(after, before, atol=1e-4)  # the merged LoRA changed the model
+    # The export records the formats it was trained with: it reloads as it was trained.
+    assert read_record(summary["model"]) == read_record(checkpoints["embedder"])
+    assert trained.format == base.format

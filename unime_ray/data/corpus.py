@@ -68,13 +68,13 @@ class Corpus:
 def conform(table: pa.Table, schema: pa.Schema, name: str) -> pa.Table:
     """Order and cast ``table``'s columns to ``schema``; absent optional columns are nulls."""
     columns = []
-    for field in schema:
-        if field.name in table.column_names:
-            columns.append(table.column(field.name).cast(field.type))
-        elif field.nullable:
-            columns.append(pa.nulls(table.num_rows, field.type))
+    for column in schema:
+        if column.name in table.column_names:
+            columns.append(table.column(column.name).cast(column.type))
+        elif column.nullable:
+            columns.append(pa.nulls(table.num_rows, column.type))
         else:
-            raise ValueError(f"{name} table has no column {field.name!r} (it has {table.column_names})")
+            raise ValueError(f"{name} table has no column {column.name!r} (it has {table.column_names})")
     extra = set(table.column_names) - set(schema.names)
     if extra:
         raise ValueError(f"{name} table has unknown columns {sorted(extra)}")

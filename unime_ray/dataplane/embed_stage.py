@@ -31,11 +31,15 @@ class EmbedPrepUDF:
 
     INPUT_COLUMNS = ITEM_COLUMNS
 
-    def __init__(self, model: str, image_root: str | None, max_pixels: int, budget: dict | None = None):
+    def __init__(self, model: str, image_root: str | None, max_pixels: int, budget: dict | None = None,
+                 format: str | None = None):
+        from unime_ray.models.formats import resolve_input_format
         from unime_ray.models.loading import load_processor
 
-        # ``max_pixels`` refuses decompression bombs at decode; ``budget`` resizes for the model.
+        # ``max_pixels`` refuses decompression bombs at decode; ``budget`` and the input
+        # format's fixed size (if it has one) resize for the model.
         self.image_processor = load_processor(model, **(budget or {})).image_processor
+        self.format = resolve_input_format(model, format)
         self.image_root, self.max_pixels = image_root, max_pixels
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -45,7 +49,7 @@ class EmbedPrepUDF:
             value = error = None
             try:
                 image = load_image(row["image"], row["image_path"], self.image_root, self.max_pixels)
-                value = pixels(image and fit_image(self.image_processor, image))
+                value = pixels(image and fit_image(self.image_processor, self.format.resize(image)))
             except ImageError as refused:
                 error = str(refused)
             except ValueError as refused:  # the processor's: e.g. an aspect ratio over 200
@@ -63,12 +67,12 @@ class EmbedUDF:
     INPUT_COLUMNS = ("instruction", "text", "pixels", "error")
 
     def __init__(self, model: str, device: str, dtype: str, torch_threads: int | None = None,
-                 vector_dtype: VectorDtype = "float32", budget: dict | None = None):
+                 vector_dtype: VectorDtype = "float32", budget: dict | None = None, format: str | None = None):
         from unime_ray.models.embedder import Embedder
         from unime_ray.models.loading import set_torch_threads
 
         set_torch_threads(torch_threads)
-        self.embedder = Embedder.from_pretrained(model, device, dtype, **(budget or {}))
+        self.embedder = Embedder.from_pretrained(model, device, dtype, **(budget or {}), format=format)
         self.vector_dtype = vector_dtype
         self.dim = int(self.embedder.model.config.get_text_config().hidden_size)
 
@@ -110,5 +114,5 @@ def embed_dataset(ds, embed, image_root: str | None, max_pixels: int):
         EmbedUDF,
         fn_constructor_kwargs={"model": embed.model, "device": embed.device, "dtype": embed.dtype,
                                "torch_threads": embed.torch_threads, "vector_dtype": embed.vector_dtype,
-                               "budget": budget},
+                               "budget": budget, "format": embed.format},
         **stage.map_batches_kwargs())

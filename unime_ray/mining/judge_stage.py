@@ -105,10 +105,12 @@ class JudgePrepUDF:
     INPUT_COLUMNS = ITEM_COLUMNS + tuple(TARGET_FIELDS.values()) + ("target_found",)
 
     def __init__(self, model: str, image_root: str | None, decode_max_pixels: int, max_model_len: int,
-                 min_pixels: int | None, max_pixels: int | None):
+                 min_pixels: int | None, max_pixels: int | None, format: str | None = None):
+        from unime_ray.models.formats import resolve_prompt_format
         from unime_ray.models.loading import load_processor
 
         self.processor = load_processor(model, min_pixels, max_pixels)
+        self.prompts = resolve_prompt_format(model, format)
         self.image_root, self.decode_max_pixels = image_root, decode_max_pixels
         self.max_prompt_tokens = max_model_len - 1  # and one answer token
 
@@ -150,7 +152,7 @@ class JudgePrepUDF:
             query_pixels[r] = pixels(query.image)
             for slot, target in enumerate(self._targets(row, decoded)):
                 prepared = target if isinstance(target, str) else prepare_pair(self.processor, (query, target),
-                                                                                 self.max_prompt_tokens)
+                                                                                 self.max_prompt_tokens, self.prompts)
                 if isinstance(prepared, str):
                     columns["pair_errors"][r][slot] = prepared
                 elif isinstance(prepared, JudgeResult):
@@ -263,7 +265,7 @@ def judge_dataset(rows, j, image_root: str | None, decode_max_pixels: int, udf: 
         JudgePrepUDF,
         fn_constructor_kwargs={"model": j.model, "image_root": image_root, "decode_max_pixels": decode_max_pixels,
                                "max_model_len": j.max_model_len, "min_pixels": j.min_pixels,
-                               "max_pixels": j.max_pixels},
+                               "max_pixels": j.max_pixels, "format": j.format},
         compute=ray.data.ActorPoolStrategy(size=j.prep_actors), num_cpus=j.prep_num_cpus, batch_size=j.batch_size,
         batch_format="pyarrow", max_restarts=j.max_restarts)
     return prepared.map_batches(

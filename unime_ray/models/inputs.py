@@ -1,9 +1,9 @@
-"""Chat-formatted model inputs from (instruction, text, image).
+"""Model inputs from (instruction, text, image): items, chat messages, batches.
 
 Messages use the Hugging Face content-list form (``{"type": "image"}``,
 ``{"type": "text"}``), which Qwen2-VL, Qwen2.5-VL and LLaVA(-OneVision) processors all
-render with their own chat templates and image tokens; callers never see model-specific
-placeholders.
+render with their own chat templates and image tokens. How a given checkpoint reads an
+item (chat or raw text, pooling) is its input format (``unime_ray.models.formats``).
 """
 
 from __future__ import annotations
@@ -80,8 +80,12 @@ def render(processor, messages: list[dict], add_generation_prompt: bool = True) 
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
-def encode(processor, prompts: Sequence[str], images: Sequence[Sequence[Image.Image]], device="cpu"):
-    """Tokenize prompts with their images (in order of appearance) into a padded batch."""
+def encode(processor, prompts: Sequence[str], images: Sequence[Sequence[Image.Image]], device="cpu",
+           add_special_tokens: bool = True):
+    """Tokenize prompts with their images (in order of appearance) into a padded batch;
+    ``add_special_tokens``: the tokenizer's own BOS/EOS (a raw-text format's; chat
+    templates write theirs)."""
     flat = [image for per_prompt in images for image in per_prompt]
-    batch = processor(text=list(prompts), images=flat or None, padding=True, return_tensors="pt")
+    batch = processor(text=list(prompts), images=flat or None, padding=True, return_tensors="pt",
+                      add_special_tokens=add_special_tokens)
     return batch.to(device)

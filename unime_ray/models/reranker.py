@@ -11,8 +11,9 @@
   then sort by it.
 
 The engine is a judge backend (``vllm`` or ``transformers``), which scores pairs and
-generates short answers from the same rendered prompts. The prompts here are the ones
-the reranker is trained on (``unime_ray.training.reranker_data``).
+generates short answers from the same rendered prompts, in the checkpoint's prompt format
+(``formats.PromptFormat``): the one the reranker is trained on
+(``unime_ray.training.reranker_data``), or UniME-V2's for its published reranker.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 from unime_ray import metrics
 from unime_ray.failures import call_isolating_failures
 from unime_ray.models.engines.scoring import build_judge, single_token_ids
-from unime_ray.models.inputs import Item, user_turn
+from unime_ray.models.inputs import Item
 
 logger = logging.getLogger(__name__)
 
@@ -35,19 +36,7 @@ Mode = Literal["listwise", "pointwise"]
 Listwise = Literal["constrained", "generate"]
 ANSWER_PREFIX = "Ans: ("  # the training answer "Ans: (i)" up to its label
 
-LISTWISE_PROMPT = (
-    "I will provide you with a query and {n} candidates. Please identify the candidate that best meets the "
-    "requirements of the query, and respond with its number in the form 'Ans: (i)'."
-)
 _ANSWER = re.compile(r"\(\s*(\d+)\s*\)")
-
-
-def listwise_messages(query: Item, candidates: Sequence[Item]) -> list[dict]:
-    """The query, then the candidates numbered (1) to (n), texts and images in place."""
-    content = [{"type": "text", "text": LISTWISE_PROMPT.format(n=len(candidates)) + "\nQuery: "}, *query.content()]
-    for number, candidate in enumerate(candidates, start=1):
-        content += [{"type": "text", "text": f"\nCandidate ({number}): "}, *candidate.content()]
-    return user_turn(content)
 
 
 def listwise_images(query: Item, candidates: Sequence[Item]) -> list:
@@ -119,6 +108,7 @@ class Reranker:
         if mode == "listwise" and listwise == "constrained":
             # "1".."top_n", each one token (Qwen2's tokenizer splits numbers into digits: top_n <= 9).
             self.label_ids = single_token_ids(engine.processor.tokenizer, [str(i) for i in range(1, top_n + 1)])
+        self.prompts = engine.prompts
         self.fallbacks = 0  # listwise answers that named no candidate, or failed
 
     @classmethod
@@ -166,9 +156,8 @@ class Reranker:
                      answer, len(head), f" ({error})" if error else "")
         return Ranking(list(range(len(head))), answer=answer, fallback=True, error=error)
 
-    @staticmethod
-    def _prompts(requests: Sequence[Request], heads: list[list[Item]]) -> list:
-        return [(listwise_messages(query, head), listwise_images(query, head))
+    def _prompts(self, requests: Sequence[Request], heads: list[list[Item]]) -> list:
+        return [(self.prompts.listing(query, head), listwise_images(query, head))
                 for (query, _), head in zip(requests, heads)]
 
     def _listwise(self, requests: Sequence[Request], heads: list[list[Item]]) -> list[Ranking]:

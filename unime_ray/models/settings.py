@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from unime_ray.config import StrictModel
 
@@ -17,13 +17,27 @@ QWEN2_VL_MIN_PIXELS = 56 * 56  # Qwen2-VL's own lower bound (4 patches of 28 px)
 
 
 class PixelBudget(StrictModel):
-    """Bounds on an image's pixel count after resizing (aspect kept), given to the Hugging
-    Face processor and to vLLM alike: they bound the image's tokens (Qwen2-VL: one per
-    28x28 area, so 672x672 -> 576 tokens). None: the checkpoint's own setting."""
+    """How a model reads its inputs. Bounds on an image's pixel count after resizing (aspect
+    kept), given to the Hugging Face processor and to vLLM alike: they bound the image's
+    tokens (Qwen2-VL: one per 28x28 area, so 672x672 -> 576 tokens); None: the
+    checkpoint's own setting. And the input format (``unime_ray.models.formats``)."""
 
     min_pixels: int | None = Field(QWEN2_VL_MIN_PIXELS, ge=1, description="smaller images are upscaled to this")
     # UniME-V2 embeds and trains Qwen2-VL at 672x672 ("mid" image_resolution).
     max_pixels: int | None = Field(672 * 672, ge=1, description="larger images are downscaled to this")
+    format: str | None = Field(
+        None, description="input format by name: an embedder's (formats.INPUT_FORMATS), a judge's or reranker's "
+                          "prompts (formats.PROMPT_FORMATS); None: the checkpoint's record, else its name, else ours")
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, name: str | None) -> str | None:
+        from unime_ray.models.formats import INPUT_FORMATS_BY_NAME, PROMPT_FORMATS_BY_NAME
+
+        if name is not None and name not in INPUT_FORMATS_BY_NAME and name not in PROMPT_FORMATS_BY_NAME:
+            raise ValueError(f"unknown format {name!r}; embedders: {sorted(INPUT_FORMATS_BY_NAME)}, judges and "
+                             f"rerankers: {sorted(PROMPT_FORMATS_BY_NAME)}")
+        return name
 
 
 class EngineSettings(PixelBudget):
@@ -51,7 +65,7 @@ class EngineSettings(PixelBudget):
         return {"model": self.model, "device": self.device, "dtype": self.dtype, "max_model_len": self.max_model_len,
                 "kv_cache_gib": self.kv_cache_gib, "engine_kwargs": self.engine_kwargs,
                 "cpu_engine_kwargs": self.cpu_engine_kwargs, "batch_size": self.forward_batch_size,
-                "min_pixels": self.min_pixels, "max_pixels": self.max_pixels}
+                "min_pixels": self.min_pixels, "max_pixels": self.max_pixels, "format": self.format}
 
 
 class RerankSettings(EngineSettings):

@@ -28,7 +28,7 @@ from ray import serve
 from unime_ray import metrics
 from unime_ray.data.images import ImageError, load_image
 from unime_ray.models.engines.scoring import prompt_tokens
-from unime_ray.models.inputs import Item, load_item, render, user_turn
+from unime_ray.models.inputs import Item, load_item
 from unime_ray.serving.config import ServeAppConfig
 from unime_ray.serving.deployments import AUTOSCALING, Embedder, Index, Reranker
 from unime_ray.serving.schemas import (EmbedRequest, EmbedResponse, Hit, ItemIn, RerankRequest, RerankResponse,
@@ -118,11 +118,13 @@ class Ingress:
         self.config = ServeAppConfig.model_validate(config)
         self.embedder, self.index, self.reranker = embedder, index, reranker
         _Access.configure(self.config)
+        from unime_ray.models.formats import resolve_input_format
         from unime_ray.models.loading import load_processor
 
         e = self.config.embedder
-        # The embedder's own processor and pixel budget: items are measured as it will see them.
+        # The embedder's own processor, pixel budget and format: items are measured as it will see them.
         self.processor = load_processor(e.model, e.min_pixels, e.max_pixels)
+        self.format = resolve_input_format(e.model, e.format)
 
     # --- helpers -----------------------------------------------------------------------
 
@@ -141,7 +143,8 @@ class Ingress:
                 raise BadInput(422, f"{field}.image", str(error)) from None
         item = Item(item.instruction or "", item.text or "", image)
         try:
-            tokens = prompt_tokens(self.processor, render(self.processor, user_turn(item.content())), item.images())
+            prepared = self.format.prepare(item)
+            tokens = prompt_tokens(self.processor, self.format.text(self.processor, prepared), prepared.images())
         except ValueError as error:  # the processor refuses the image (e.g. an aspect ratio over 200)
             raise BadInput(422, f"{field}.image", str(error)) from None
         limit = self.config.limits.max_item_tokens

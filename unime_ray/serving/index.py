@@ -27,7 +27,7 @@ from unime_ray.data.image_refs import image_ref, link_image_root
 from unime_ray.data.rejects import as_rejects
 from unime_ray.data.sources import corpus_files, read_corpus
 from unime_ray.dataplane.embed_stage import embed_dataset
-from unime_ray.dataplane.io import count_rows, read_dataset, rows_where_error, write_dataset
+from unime_ray.dataplane.io import read_dataset, rows_where_error, write_dataset
 from unime_ray.serving.config import BuildIndexConfig
 
 logger = logging.getLogger(__name__)

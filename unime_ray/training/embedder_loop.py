@@ -12,9 +12,10 @@ from unime_ray.training.loop import load_trainable_model, run_training, setup_wo
 def load_trainable_embedder(cfg: TrainEmbedderConfig):
     """Backbone + LoRA as an ``Embedder``."""
     from unime_ray.models.embedder import Embedder
+    from unime_ray.models.formats import resolve_input_format
 
     processor, model = load_trainable_model(cfg)
-    return Embedder(processor, model, cfg.device)
+    return Embedder(processor, model, cfg.device, resolve_input_format(cfg.model, cfg.format))
 
 
 def train_embedder_loop(config: dict) -> None:

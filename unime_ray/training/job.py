@@ -63,6 +63,7 @@ def run_training_job(config_class: type[TrainJobConfig], loop: Callable[[dict], 
                      description: str = "") -> dict:
     """Parse the config, train on Ray Train, export the merged model; returns the summary
     also written to OUT/train_summary.json. Runs on the connected Ray cluster."""
+    from unime_ray.models.formats import record_format, resolve_formats
     from unime_ray.training.checkpointing import export_checkpoint
     from unime_ray.training.runner import build_trainer, latest_checkpoint_dir
 
@@ -76,7 +77,10 @@ def run_training_job(config_class: type[TrainJobConfig], loop: Callable[[dict], 
     result = build_trainer(loop, cfg, records_dataset(cfg)).fit()
     summary = {"metrics": result.metrics, "checkpoint": str(latest_checkpoint_dir(result))}
     if cfg.export:
-        summary["model"] = str(export_checkpoint(cfg.model, latest_checkpoint_dir(result), out / "model", cfg.dtype))
+        exported = export_checkpoint(cfg.model, latest_checkpoint_dir(result), out / "model", cfg.dtype)
+        # The formats it was trained with, so that every job reads it back exactly so.
+        record_format(exported, *resolve_formats(cfg.model, cfg.format))
+        summary["model"] = str(exported)
     (out / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
     print(json.dumps(summary, indent=1, default=str))
     return summary

@@ -18,11 +18,11 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
-from unime_ray.models.engines.scoring import judge_messages
-from unime_ray.rng import seeded_rng
 from unime_ray.models.embedder import last_token_index
+from unime_ray.models.formats import DEFAULT_PROMPT_FORMAT, PromptFormat
 from unime_ray.models.inputs import encode, render
-from unime_ray.models.reranker import listwise_answer, listwise_images, listwise_messages
+from unime_ray.models.reranker import listwise_answer, listwise_images
+from unime_ray.rng import seeded_rng
 from unime_ray.training.records import RECORD_ERRORS, negative_item, positive_item, query_item, require_negatives
 
 IGNORE = -100  # label of a position without loss (transformers' convention)
@@ -53,8 +53,8 @@ def hardest_negative(neg_scores: Sequence[float]) -> int:
     return int(np.argmax(neg_scores))
 
 
-def record_sequences(record: dict, image_root: str | None, list_size: int,
-                     rng: np.random.Generator) -> list[TrainingSequence]:
+def record_sequences(record: dict, image_root: str | None, list_size: int, rng: np.random.Generator,
+                     prompts: PromptFormat = DEFAULT_PROMPT_FORMAT) -> list[TrainingSequence]:
     """Two pairwise and one listwise sequence; raises a ``RECORD_ERRORS`` on a bad record."""
     require_negatives(record, list_size - 1)
     query, positive = query_item(record, image_root), positive_item(record, image_root)
@@ -63,21 +63,22 @@ def record_sequences(record: dict, image_root: str | None, list_size: int,
     position = int(rng.integers(list_size))
     candidates = negatives[:position] + [positive] + negatives[position:]
     return [
-        TrainingSequence("pair", judge_messages(query, positive), query.images() + positive.images(), YES),
-        TrainingSequence("pair", judge_messages(query, hardest), query.images() + hardest.images(), NO),
-        TrainingSequence("list", listwise_messages(query, candidates), listwise_images(query, candidates),
+        TrainingSequence("pair", prompts.pair(query, positive), query.images() + positive.images(), YES),
+        TrainingSequence("pair", prompts.pair(query, hardest), query.images() + hardest.images(), NO),
+        TrainingSequence("list", prompts.listing(query, candidates), listwise_images(query, candidates),
                          listwise_answer(position)),
     ]
 
 
 def build_reranker_batch(records: list[dict], image_root: str | None, list_size: int, seed: int,
-                         step: int) -> RerankerBatch:
+                         step: int, prompts: PromptFormat = DEFAULT_PROMPT_FORMAT) -> RerankerBatch:
     """The positive's listwise position is drawn per (record, step, seed): reproducible on
     resume, and different each time a record comes back in a later epoch."""
     batch = RerankerBatch()
     for record in records:
         try:
-            sequences = record_sequences(record, image_root, list_size, seeded_rng(f"{record['query_id']}@{step}", seed))
+            sequences = record_sequences(record, image_root, list_size, seeded_rng(f"{record['query_id']}@{step}", seed),
+                                         prompts)
         except RECORD_ERRORS as error:
             batch.skipped.append((record["query_id"], str(error)))
             continue

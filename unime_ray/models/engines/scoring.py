@@ -15,13 +15,8 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from unime_ray.failures import call_isolating_failures
-from unime_ray.models.inputs import Item, fit_item, render, user_turn
-
-JUDGE_PROMPT = (
-    "I will provide you with a query and a candidate. Please evaluate whether the candidate "
-    "meets the requirements of the query. If it does, respond with 'Yes'; if it doesn't, "
-    "respond with 'No'."
-)
+from unime_ray.models.formats import DEFAULT_PROMPT_FORMAT, PromptFormat
+from unime_ray.models.inputs import Item, fit_item, render
 
 Pair = tuple[Item, Item]
 Chat = tuple[list[dict], list]  # (chat messages, their images in order)
@@ -36,36 +31,29 @@ def yes_probability(yes: np.ndarray | float, no: np.ndarray | float) -> np.ndarr
     return 0.5 * (1.0 + np.tanh(0.5 * difference))
 
 
-def judge_messages(query: Item, candidate: Item) -> list[dict]:
-    """The judge prompt with the query's and candidate's text and images in place.
-
-    The query comes before the candidate, so all pairs of one query share a prefix that
-    the engine's prefix cache reuses.
-    """
-    content = [{"type": "text", "text": JUDGE_PROMPT + "\nQuery: "}, *query.content()]
-    content += [{"type": "text", "text": "\nCandidate: "}, *candidate.content()]
-    return user_turn(content)
+def judge_prompt(processor, pair: Pair, prompts: PromptFormat = DEFAULT_PROMPT_FORMAT) -> str:
+    return render(processor, prompts.pair(*pair), add_generation_prompt=True)
 
 
-def judge_prompt(processor, pair: Pair) -> str:
-    return render(processor, judge_messages(*pair), add_generation_prompt=True)
-
-
-def single_token_ids(tokenizer, words: Sequence[str]) -> list[int]:
+def single_token_ids(tokenizer, words: Sequence[str], checkpoint: str = "") -> list[int]:
     """Token ids of ``words``; each must be a single token, for a one-position score."""
     ids = []
     for word in words:
         tokens = tokenizer.encode(word, add_special_tokens=False)
         if len(tokens) != 1:
-            raise ValueError(f"the tokenizer splits {word!r} into {len(tokens)} tokens; a one-position score "
-                             "needs each answer to be one token")
+            pieces = tokenizer.convert_ids_to_tokens(tokens)
+            raise ValueError(f"{checkpoint or 'the checkpoint'}: its tokenizer splits {word!r} into {len(tokens)} "
+                             f"tokens {pieces}; a score read at one answer position needs each answer to be one "
+                             "token (Qwen2-VL's, Qwen2.5-VL's and LLaVA-OneVision's tokenizers are)")
         ids.append(tokens[0])
     return ids
 
 
-def yes_no_token_ids(tokenizer, yes: str = "Yes", no: str = "No") -> tuple[int, int]:
-    """Token ids of the judge's answers."""
-    yes_id, no_id = single_token_ids(tokenizer, (yes, no))
+def yes_no_token_ids(tokenizer, checkpoint: str = "") -> tuple[int, int]:
+    """Token ids of the judge's answers "Yes" and "No"; raises ``ValueError`` naming the
+    checkpoint when either is not one token (checked when an engine starts, before it
+    loads any weights, rather than scoring the wrong tokens)."""
+    yes_id, no_id = single_token_ids(tokenizer, ("Yes", "No"), checkpoint)
     return yes_id, no_id
 
 
@@ -103,12 +91,13 @@ class JudgeRequest:
 Prepared = JudgeRequest | JudgeResult  # a pair ready for the engine, or why it never will be
 
 
-def prepare_pair(processor, pair: Pair, max_prompt_tokens: int) -> Prepared:
+def prepare_pair(processor, pair: Pair, max_prompt_tokens: int,
+                 prompts: PromptFormat = DEFAULT_PROMPT_FORMAT) -> Prepared:
     """The CPU half of judging a pair whose images are already fitted (``fit_item``): the
     prompt rendered and its tokens counted; a pair over the budget, or one the processor
     refuses, is its own error, naming the count."""
     try:
-        prompt = judge_prompt(processor, pair)
+        prompt = judge_prompt(processor, pair, prompts)
         images = tuple(pair[0].images() + pair[1].images())
         tokens = prompt_tokens(processor, prompt, images)
     except Exception as error:  # noqa: BLE001 - the processor refuses this item (e.g. its aspect ratio)
@@ -118,7 +107,8 @@ def prepare_pair(processor, pair: Pair, max_prompt_tokens: int) -> Prepared:
     return JudgeRequest(prompt, images, tokens)
 
 
-def prepare_pairs(processor, pairs: Sequence[Pair], max_prompt_tokens: int) -> list[Prepared]:
+def prepare_pairs(processor, pairs: Sequence[Pair], max_prompt_tokens: int,
+                  prompts: PromptFormat = DEFAULT_PROMPT_FORMAT) -> list[Prepared]:
     """``prepare_pair`` for raw pairs: images fitted first (an image the processor refuses
     fails its pair)."""
     prepared = []
@@ -128,7 +118,7 @@ def prepare_pairs(processor, pairs: Sequence[Pair], max_prompt_tokens: int) -> l
         except Exception as error:  # noqa: BLE001 - e.g. an aspect ratio the processor refuses
             prepared.append(JudgeResult(None, f"{type(error).__name__}: {error}"))
             continue
-        prepared.append(prepare_pair(processor, fitted, max_prompt_tokens))
+        prepared.append(prepare_pair(processor, fitted, max_prompt_tokens, prompts))
     return prepared
 
 
@@ -156,6 +146,7 @@ def score_in_batches(prepared: Sequence[Prepared], score_requests: Callable[[Seq
 
 class Judge(Protocol):
     processor: object  # the Hugging Face processor, with the judge's pixel budget
+    prompts: PromptFormat  # the checkpoint's pairwise and listwise prompts
     max_model_len: int
 
     def score(self, pairs: Sequence[Pair]) -> list[JudgeResult]:

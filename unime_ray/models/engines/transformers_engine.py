@@ -12,20 +12,23 @@ import torch
 from unime_ray.models.engines.scoring import (Chat, JudgeRequest, JudgeResult, Pair, Prepared, prepare_pairs,
                                               score_in_batches, yes_no_token_ids, yes_probability)
 from unime_ray.models.embedder import last_hidden
+from unime_ray.models.formats import resolve_prompt_format
 from unime_ray.models.inputs import encode, render
 from unime_ray.models.loading import load_model, load_processor
 
 
 class TransformersJudge:
     def __init__(self, model: str, device: str = "cpu", dtype: str = "float32", batch_size: int = 16,
-                 max_model_len: int = 2048, min_pixels: int | None = None, max_pixels: int | None = None, **_engine):
+                 max_model_len: int = 2048, min_pixels: int | None = None, max_pixels: int | None = None,
+                 format: str | None = None, **_engine):
         self.device = device
         self.batch_size = batch_size
         # No engine limit here; the same budget as vLLM's keeps the two backends' rows identical.
         self.max_model_len = max_model_len
         self.processor = load_processor(model, min_pixels, max_pixels)
+        self.yes_id, self.no_id = yes_no_token_ids(self.processor.tokenizer, model)
+        self.prompts = resolve_prompt_format(model, format)
         self.model = load_model(model, device, dtype)
-        self.yes_id, self.no_id = yes_no_token_ids(self.processor.tokenizer)
         self.lock = threading.Lock()  # one forward pass at a time, however many batches wait
 
     def _next_token_logits(self, prompts: Sequence[str], images: Sequence[Sequence]) -> torch.Tensor:
@@ -48,7 +51,7 @@ class TransformersJudge:
         return await asyncio.to_thread(self._score_batches, prepared)
 
     def score(self, pairs: Sequence[Pair]) -> list[JudgeResult]:
-        return self._score_batches(prepare_pairs(self.processor, pairs, self.max_model_len - 1))
+        return self._score_batches(prepare_pairs(self.processor, pairs, self.max_model_len - 1, self.prompts))
 
     @torch.no_grad()
     def next_token_logprobs(self, prompts: Sequence[Chat], prefix: str, token_ids: Sequence[int]) -> list[list[float]]:

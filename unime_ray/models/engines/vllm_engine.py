@@ -24,6 +24,7 @@ from typing import Any, Coroutine, Sequence, TypeVar
 from unime_ray.failures import is_infrastructure_error
 from unime_ray.models.engines.scoring import (Chat, JudgeResult, Pair, Prepared, prepare_pairs, scored,
                                               yes_no_token_ids, yes_probability)
+from unime_ray.models.formats import resolve_prompt_format
 from unime_ray.models.inputs import render
 from unime_ray.models.loading import load_processor, pixel_budget
 from unime_ray.models.settings import CPU_ENGINE_KWARGS
@@ -51,6 +52,7 @@ class VLLMJudge:
         max_pixels: int | None = None,
         engine_kwargs: dict[str, Any] | None = None,
         cpu_engine_kwargs: dict[str, Any] | None = None,
+        format: str | None = None,
         **_unused,
     ):
         cpu = on_cpu()
@@ -66,7 +68,8 @@ class VLLMJudge:
             engine_kwargs.setdefault("distributed_executor_backend", "ray")
         budget = pixel_budget(min_pixels, max_pixels)
         self.processor = load_processor(model, **budget)
-        self.yes_id, self.no_id = yes_no_token_ids(self.processor.tokenizer)
+        self.yes_id, self.no_id = yes_no_token_ids(self.processor.tokenizer, model)
+        self.prompts = resolve_prompt_format(model, format)
         self.max_model_len = max_model_len
         args = AsyncEngineArgs(
             model=model,
@@ -127,7 +130,7 @@ class VLLMJudge:
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(on_engine_loop(), self.loop))
 
     def score(self, pairs: Sequence[Pair]) -> list[JudgeResult]:
-        return self._wait(self.score_prepared(prepare_pairs(self.processor, pairs, self.max_model_len - 1)))
+        return self._wait(self.score_prepared(prepare_pairs(self.processor, pairs, self.max_model_len - 1, self.prompts)))
 
     def _complete(self, prompts: Sequence[Chat], params, prefix: str = "") -> list:
         """Each chat prompt (messages, images), with ``prefix`` opening the answer, through
