@@ -36,7 +36,7 @@ def mine(out: Path, embedder: Path, judge: Path) -> None:
 
     run_mining(load_config(MineConfig, REPO / "configs/mine.yaml", [
         f"output_dir={out}", f"corpus.num_images={CORPUS_IMAGES}", f"embed.model={embedder}",
-        f"judge.model={judge}", "retrieval.top_k=12", "select.k=4", "select.step=2", "write_unime_json=false"]))
+        f"judge.model={judge}", "retrieval.top_k=12", "select.k=8", "select.step=2", "write_unime_json=false"]))
 
 
 def serve_search(out: Path, embedder: Path, reranker: Path) -> dict:

@@ -79,6 +79,20 @@ def test_unime_v2_qwen2vl_is_the_raw_mmeb_text_with_the_image_pad_in_place(famil
     assert encoded(processor, fmt, ANSWER)[0] == expected_ids(processor.tokenizer, "parking/standing")
 
 
+def test_unime_v2_evaluation_resolution_is_1344_capped_at_1280_tokens(families):
+    # UniME-v2 shells/testing_embedding/test_UniMEv2_qwen2VL_2B.sh: IMAGE_RESOLUTION="high";
+    # dataset.py:22-23 resizes to 1344x1344; model_utils.py:79-80's processor allows 256 to
+    # 1280 merged patches: 1344x1344 -> 980x980, 35 x 35 = 1,225 image tokens.
+    processor = load_processor(families["qwen2_vl"], 256 * 28 * 28, 1280 * 28 * 28)
+    ids, image_tokens = encoded(processor, input_format("unime-v2-qwen2vl-eval"), QUESTION)
+    assert image_tokens == 1225
+    assert ids == expected_ids(processor.tokenizer, Special("<|image_pad|>", 1225),
+                               "\nRepresent the given image with the following question: What is prohibited in the "
+                               "shade?\n")
+    # Never chosen by name: the training format is what a UniME-V2 checkpoint resolves to.
+    assert input_format("unime-v2-qwen2vl-eval").name_pattern is None
+
+
 def test_vlm2vec_qwen2vl_keeps_the_processor_pixel_budget(families):
     processor = load_processor(families["qwen2_5_vl"], max_pixels=112 * 112)
     ids, image_tokens = encoded(processor, input_format("vlm2vec-qwen2vl"), QUESTION)

@@ -102,6 +102,12 @@ INPUT_FORMATS: tuple[InputFormat, ...] = (
     InputFormat("unime-v2-qwen2vl", "raw", image_token="<|image_pad|>", instruction_suffix="\n",
                 image_size=(672, 672), model_types=QWEN_VL, name_pattern=r"unime[-_]?v2",
                 source="GaryGuTC/UniME-v2 Embedding/src/model_utils.py:213-262"),
+    # The same at UniME-V2's evaluation resolution: shells/testing_embedding/*.sh pass
+    # IMAGE_RESOLUTION="high", dataset.py:22-23 resizes to 1344x1344, and model_utils.py:79's
+    # processor caps an image at 1280 tokens (pass max_pixels=1280*28*28 with it). By name only.
+    InputFormat("unime-v2-qwen2vl-eval", "raw", image_token="<|image_pad|>", instruction_suffix="\n",
+                image_size=(1344, 1344), model_types=QWEN_VL,
+                source="GaryGuTC/UniME-v2 Embedding/shells/testing_embedding/test_UniMEv2_qwen2VL_2B.sh"),
     # model_utils.py:361-390: the LLaVA-OneVision processor's chat template, the image first,
     # the text with "<image>" removed, the assistant header; train_llavaOV.sh:31 mid_336.
     InputFormat("unime-v2-llava-onevision", "chat", image_size=(336, 336), model_types=("llava_onevision",),
