@@ -80,6 +80,7 @@ def judge_requests(stage_dir: Path, image_root: str, config) -> list:
     from unime_ray.dataplane.stages import ITEM_COLUMNS, row_item
     from unime_ray.mining.judge_stage import TARGET_FIELDS
     from unime_ray.models.engines.scoring import prepare_pairs
+    from unime_ray.models.formats import resolve_prompt_format
     from unime_ray.models.loading import load_processor
 
     processor = load_processor(config.judge.model, config.judge.min_pixels, config.judge.max_pixels)
@@ -90,7 +91,8 @@ def judge_requests(stage_dir: Path, image_root: str, config) -> list:
             for i in range(len(row["target_ids"])):
                 fields = {c: row[TARGET_FIELDS[c]][i] for c in ITEM_COLUMNS[1:]}
                 pairs.append((query, row_item(fields, image_root, config.corpus.max_image_pixels)))
-    return prepare_pairs(processor, pairs, config.judge.max_model_len - 1)
+    prompts = resolve_prompt_format(config.judge.model, config.judge.format)
+    return prepare_pairs(processor, pairs, config.judge.max_model_len - 1, prompts)
 
 
 def raw_judge(requests: list, config) -> dict:

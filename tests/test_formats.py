@@ -2,15 +2,20 @@
 tiny checkpoint of its family, equal a sequence written down from the reference code
 (the source file and line beside each); resolution from a config, a name, a record."""
 
+import importlib
+import io
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass, replace
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from PIL import Image
+from pydantic import ValidationError
 
 from unime_ray.models.embedder import Embedder, last_token_pool, mean_pool
 from unime_ray.models.engines.scoring import yes_no_token_ids
@@ -211,9 +216,54 @@ def renamed(source: str, tmp_path, name: str) -> str:
     ("llava_onevision", "UniME-V2-LLaVA-OneVision-8B", "unime-v2-llava-onevision"),
     ("llava_next", "VLM2Vec-LLaVa-Next", "vlm2vec-llava-next"),
     ("llava_onevision", "VLM2Vec-LLaVa-OneVision", "unime-ray-chat"),  # no entry: assumed, with a warning
+    ("qwen2_vl", "augmented-segments", "unime-ray-chat"),  # "gme" inside a word is not GME
+    ("qwen2_vl", "UniME-V2-runs/checkpoint-500", "unime-ray-chat"),  # only the checkpoint's own name counts
 ])
 def test_a_checkpoint_resolves_by_its_model_type_and_name(families, tmp_path, family, name, expected):
-    assert resolve_input_format(renamed(families[family], tmp_path, name)).name == expected
+    path = renamed(families[family], tmp_path, name)
+    assert resolve_input_format(path).name == expected
+    relative = os.path.relpath(path)  # however the path is written
+    assert resolve_input_format(relative).name == resolve_input_format(path + "/").name == expected
+
+
+@pytest.mark.parametrize("config,right,wrong", [
+    ("unime_ray.dataplane.config:EmbedConfig", "vlm2vec-qwen2vl", "unime-v2"),
+    ("unime_ray.serving.config:EmbedderSettings", "gme-qwen2vl", "unime-ray"),
+    ("unime_ray.training.config:TrainEmbedderConfig", "unime-v2-qwen2vl", "unime-ray"),
+    ("unime_ray.mining.config:JudgeConfig", "unime-v2", "unime-v2-qwen2vl"),
+    ("unime_ray.models.settings:RerankSettings", "unime-ray", "unime-ray-chat"),
+    ("unime_ray.training.config:TrainRerankerConfig", "unime-v2", "gme-qwen2vl"),
+])
+def test_each_config_takes_the_formats_of_its_role_when_parsed(config, right, wrong):
+    module, name = config.split(":")
+    config_class = getattr(importlib.import_module(module), name)
+    assert config_class.model_validate({"format": right}).format == right
+    with pytest.raises(ValidationError, match=f"unknown (input|prompt) format '{wrong}'"):
+        config_class.model_validate({"format": wrong})
+
+
+def test_the_embedding_stages_resize_by_the_configured_format(families, tmp_path):
+    from unime_ray.data.corpus import TARGET_SCHEMA
+    from unime_ray.dataplane.config import EmbedConfig
+    from unime_ray.dataplane.embed_stage import EmbedPrepUDF, EmbedUDF, stage_arguments
+
+    # Named like a UniME-V2 checkpoint (672x672 by its name); the config asks for the evaluation
+    # format (1344x1344): the CPU stage fits the image as the configured format says.
+    path = renamed(families["qwen2_vl"], tmp_path, "UniME-V2-Qwen2VL-2B")
+    budget = {"min_pixels": 56 * 56, "max_pixels": 1400 * 1400}
+    image = QUESTION.image
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    batch = pa.Table.from_pylist([{"id": "q", "image": buffer.getvalue()}], schema=TARGET_SCHEMA)
+    sizes = {}
+    for fmt in (None, "unime-v2-qwen2vl-eval"):
+        # The stages' constructor arguments as embed_dataset passes them to Ray Data.
+        prep, embedder = stage_arguments(EmbedConfig(model=path, format=fmt, **budget), None, 1 << 24)
+        assert embedder["format"] == fmt
+        sizes[fmt] = EmbedPrepUDF(**prep)(batch)["pixels"].to_pylist()[0]
+    assert (sizes[None]["height"], sizes[None]["width"]) == (672, 672)
+    assert (sizes["unime-v2-qwen2vl-eval"]["height"], sizes["unime-v2-qwen2vl-eval"]["width"]) == (1344, 1344)
+    assert EmbedUDF(**embedder).embedder.format.name == "unime-v2-qwen2vl-eval"
 
 
 def test_an_unknown_checkpoint_warns_naming_what_was_assumed(families, tmp_path, caplog):
@@ -235,6 +285,9 @@ def test_the_record_wins_over_the_name_and_the_override_over_both(families, tmp_
     assert resolve_input_format(path).name == "gme-qwen2vl"
     assert resolve_input_format(path, "vlm2vec-qwen2vl").name == "vlm2vec-qwen2vl"
     assert [f.name for f in resolve_formats(path, "unime-ray")] == ["gme-qwen2vl", "unime-ray"]
+    assert [f.name for f in resolve_formats(path, "vlm2vec-qwen2vl")] == ["vlm2vec-qwen2vl", "unime-v2"]
+    with pytest.raises(ValueError, match="unknown format 'chat'"):
+        resolve_formats(path, "chat")
     with pytest.raises(ValueError, match="unknown input format 'chat'"):
         resolve_input_format(path, "chat")
     # A record that leaves pooling and normalisation unstated: assumed, and said so.

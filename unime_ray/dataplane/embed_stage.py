@@ -98,21 +98,25 @@ class EmbedUDF:
         return set_column(batch, "error", pa.array(errors, pa.string()))
 
 
+def stage_arguments(embed, image_root: str | None, max_pixels: int) -> tuple[dict, dict]:
+    """Constructor arguments of the CPU stage and of the embedder's stage: the same model,
+    pixel budget and input format, so the images arrive fitted as the embedder reads them."""
+    budget = {"min_pixels": embed.min_pixels, "max_pixels": embed.max_pixels}
+    shared = {"model": embed.model, "budget": budget, "format": embed.format}
+    return ({**shared, "image_root": image_root, "max_pixels": max_pixels},
+            {**shared, "device": embed.device, "dtype": embed.dtype, "torch_threads": embed.torch_threads,
+             "vector_dtype": embed.vector_dtype})
+
+
 def embed_dataset(ds, embed, image_root: str | None, max_pixels: int):
     """``ds``'s item rows embedded (lazy): a CPU pool decodes and fits the images, then the
     embedder's pool runs the model. ``embed`` is an ``EmbedConfig``."""
     import ray.data
 
     stage = ActorStage.from_config(embed)
-    budget = {"min_pixels": embed.min_pixels, "max_pixels": embed.max_pixels}
+    prep_arguments, embed_arguments = stage_arguments(embed, image_root, max_pixels)
     prepared = stage.blocks(ds).map_batches(
-        EmbedPrepUDF, fn_constructor_kwargs={"model": embed.model, "image_root": image_root, "max_pixels": max_pixels,
-                                             "budget": budget},
+        EmbedPrepUDF, fn_constructor_kwargs=prep_arguments,
         compute=ray.data.ActorPoolStrategy(size=embed.prep_actors), num_cpus=embed.prep_num_cpus,
         batch_size=stage.batch_size, batch_format="pyarrow", max_restarts=stage.max_restarts)
-    return prepared.map_batches(
-        EmbedUDF,
-        fn_constructor_kwargs={"model": embed.model, "device": embed.device, "dtype": embed.dtype,
-                               "torch_threads": embed.torch_threads, "vector_dtype": embed.vector_dtype,
-                               "budget": budget, "format": embed.format},
-        **stage.map_batches_kwargs())
+    return prepared.map_batches(EmbedUDF, fn_constructor_kwargs=embed_arguments, **stage.map_batches_kwargs())

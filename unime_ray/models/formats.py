@@ -11,7 +11,8 @@ downstream would notice. So every embedder resolves an ``InputFormat`` when it l
 2. else the format recorded in the model directory (``FORMAT_FILE``: our tiny and
    exported checkpoints write it, so reloading one is exact);
 3. else the first registry entry whose model types and name pattern match the
-   checkpoint's ``config.model_type`` and its path or hub id;
+   checkpoint's ``config.model_type`` and its own name (a hub id's repository, a local
+   directory's last component: ``UniME-V2-Qwen2VL-2B``, ``VLM2Vec-Qwen2VL-7B``);
 4. else our chat format, with a warning naming what was assumed.
 
 Judges and rerankers resolve a ``PromptFormat`` the same way: the wording and layout of
@@ -57,7 +58,7 @@ class InputFormat:
     normalize: bool = True  # L2-normalise the vector
     image_size: tuple[int, int] | None = None  # every image resized to (width, height) first
     model_types: tuple[str, ...] = ()  # config.model_type values it serves; () any
-    name_pattern: str | None = None  # regex on the checkpoint's path or hub id; None: any
+    name_pattern: str | None = None  # regex on the checkpoint's name (``checkpoint_name``); None: any
     source: str = ""  # where the reference code does this
 
     def text(self, processor, item: Item) -> str:
@@ -83,12 +84,22 @@ class InputFormat:
     def prepare(self, item: Item) -> Item:
         return item if item.image is None else Item(item.instruction, item.text, self.resize(item.image))
 
-    def matches(self, model_type: str | None, name: str) -> bool:
+    def matches(self, model_type: str | None, model: str | Path) -> bool:
         return ((not self.model_types or model_type in self.model_types)
-                and (self.name_pattern is None or re.search(self.name_pattern, name, re.IGNORECASE) is not None))
+                and (self.name_pattern is None or name_matches(self.name_pattern, model)))
 
     def record(self) -> dict:
         return asdict(self)
+
+
+def checkpoint_name(model: str | Path) -> str:
+    """A checkpoint's own name: a hub id's repository, a local directory's last component (so
+    that the directories above it, and how its path is written, never change its format)."""
+    return Path(str(model).rstrip("/")).name
+
+
+def name_matches(pattern: str, model: str | Path) -> bool:
+    return re.match(pattern, checkpoint_name(model), re.IGNORECASE) is not None
 
 
 QWEN_VL = ("qwen2_vl", "qwen2_5_vl")
@@ -100,7 +111,7 @@ INPUT_FORMATS: tuple[InputFormat, ...] = (
     # dataset.py:24-25 resizes to 672x672; the eval scripts pass --normalize True. MMEB's
     # texts with an instruction end in "\n" (data/example_data.json:3).
     InputFormat("unime-v2-qwen2vl", "raw", image_token="<|image_pad|>", instruction_suffix="\n",
-                image_size=(672, 672), model_types=QWEN_VL, name_pattern=r"unime[-_]?v2",
+                image_size=(672, 672), model_types=QWEN_VL, name_pattern=r"unime[-_]?v2[-_]",
                 source="GaryGuTC/UniME-v2 Embedding/src/model_utils.py:213-262"),
     # The same at UniME-V2's evaluation resolution: shells/testing_embedding/*.sh pass
     # IMAGE_RESOLUTION="high", dataset.py:22-23 resizes to 1344x1344, and model_utils.py:79's
@@ -111,22 +122,22 @@ INPUT_FORMATS: tuple[InputFormat, ...] = (
     # model_utils.py:361-390: the LLaVA-OneVision processor's chat template, the image first,
     # the text with "<image>" removed, the assistant header; train_llavaOV.sh:31 mid_336.
     InputFormat("unime-v2-llava-onevision", "chat", image_size=(336, 336), model_types=("llava_onevision",),
-                name_pattern=r"unime[-_]?v2", source="GaryGuTC/UniME-v2 Embedding/src/model_utils.py:361-390"),
+                name_pattern=r"unime[-_]?v2[-_]", source="GaryGuTC/UniME-v2 Embedding/src/model_utils.py:361-390"),
     # VLM2Vec's Qwen2-VL: the same raw text and pooling (src/model/processor.py:302-374,
     # "<|image_pad|>" at :62), "\n" after an instruction "to stay consistent with v1 eval"
     # (src/data/eval_dataset/image_qa_dataset.py:20); the processor's own pixel budget.
     InputFormat("vlm2vec-qwen2vl", "raw", image_token="<|image_pad|>", instruction_suffix="\n", model_types=QWEN_VL,
-                name_pattern=r"vlm2vec", source="TIGER-AI-Lab/VLM2Vec src/model/processor.py:302-374"),
+                name_pattern=r"vlm2vec[-_]", source="TIGER-AI-Lab/VLM2Vec src/model/processor.py:302-374"),
     # LLaVA-NeXT (VLM2Vec, UniME-V1): the same with "<image>", the tokenizer's "<s>" first
     # (processor.py:202-253 calls the processor with its default special tokens).
     InputFormat("vlm2vec-llava-next", "raw", image_token="<image>", instruction_suffix="\n",
-                model_types=("llava_next",), name_pattern=r"vlm2vec|unime",
+                model_types=("llava_next",), name_pattern=r"(vlm2vec|unime)[-_]",
                 source="TIGER-AI-Lab/VLM2Vec src/model/processor.py:202-253"),
     # GME (gme_inference.py:115-131 in VLM2Vec's copy, src/model/baseline_backbone/gme/): the
     # instruction as the system turn (default: the template's "You are a helpful assistant."),
     # image then text as the user turn, the assistant header, then "<|endoftext|>", pooled.
     InputFormat("gme-qwen2vl", "chat", instruction_as_system=True, add_special_tokens=False, suffix="<|endoftext|>",
-                model_types=QWEN_VL, name_pattern=r"gme", source="Alibaba-NLP/gme-Qwen2-VL-2B-Instruct gme_inference.py"),
+                model_types=QWEN_VL, name_pattern=r"gme[-_]", source="Alibaba-NLP/gme-Qwen2-VL-2B-Instruct gme_inference.py"),
     # Ours: the checkpoint's chat template, one user turn, the assistant header.
     InputFormat("unime-ray-chat", "chat", add_special_tokens=False, source="unime_ray.models.formats"),
 )
@@ -220,7 +231,7 @@ class PromptFormat:
 
 
 PROMPT_FORMATS: tuple[PromptFormat, ...] = (
-    PromptFormat("unime-v2", unime_v2_pair, unime_v2_list, name_pattern=r"unime[-_]?v2.*rerank",
+    PromptFormat("unime-v2", unime_v2_pair, unime_v2_list, name_pattern=r"unime[-_]?v2[-_].*rerank",
                  source="GaryGuTC/UniME-v2 Embedding/src/model_utils.py:268-327 (the reranker's evaluation)"),
     PromptFormat("unime-ray", unime_ray_pair, unime_ray_list, source="unime_ray.models.formats"),
 )
@@ -299,13 +310,16 @@ def resolve_prompt_format(model: str | Path, name: str | None = None) -> PromptF
     if recorded is not None:
         return prompt_format(recorded)
     for candidate in PROMPT_FORMATS:
-        if candidate.name_pattern is not None and re.search(candidate.name_pattern, str(model), re.IGNORECASE):
+        if candidate.name_pattern is not None and name_matches(candidate.name_pattern, model):
             return candidate
     return DEFAULT_PROMPT_FORMAT
 
 
 def resolve_formats(model: str | Path, name: str | None = None) -> tuple[InputFormat, PromptFormat]:
     """Both of a checkpoint's formats, ``name`` choosing the one of whichever kind it names."""
+    if name is not None and name not in INPUT_FORMATS_BY_NAME and name not in PROMPT_FORMATS_BY_NAME:
+        raise ValueError(f"unknown format {name!r}; choose from {sorted(INPUT_FORMATS_BY_NAME)} "
+                         f"or {sorted(PROMPT_FORMATS_BY_NAME)}")
     embedding = name if name in INPUT_FORMATS_BY_NAME else None
     prompts = name if name in PROMPT_FORMATS_BY_NAME else None
     return resolve_input_format(model, embedding), resolve_prompt_format(model, prompts)

@@ -3,7 +3,7 @@ service that runs one: which backend, which checkpoint, and how the engine is si
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -28,19 +28,23 @@ class PixelBudget(StrictModel):
     format: str | None = Field(
         None, description="input format by name: an embedder's (formats.INPUT_FORMATS), a judge's or reranker's "
                           "prompts (formats.PROMPT_FORMATS); None: the checkpoint's record, else its name, else ours")
+    # Which registry ``format`` names: embedders' input formats, or (engines, the reranker's
+    # trainer) prompt formats. Checked when the config is parsed, not in an actor.
+    FORMAT_KIND: ClassVar[Literal["input", "prompt"]] = "input"
 
     @field_validator("format")
     @classmethod
     def _known_format(cls, name: str | None) -> str | None:
         from unime_ray.models.formats import INPUT_FORMATS_BY_NAME, PROMPT_FORMATS_BY_NAME
 
-        if name is not None and name not in INPUT_FORMATS_BY_NAME and name not in PROMPT_FORMATS_BY_NAME:
-            raise ValueError(f"unknown format {name!r}; embedders: {sorted(INPUT_FORMATS_BY_NAME)}, judges and "
-                             f"rerankers: {sorted(PROMPT_FORMATS_BY_NAME)}")
+        known = INPUT_FORMATS_BY_NAME if cls.FORMAT_KIND == "input" else PROMPT_FORMATS_BY_NAME
+        if name is not None and name not in known:
+            raise ValueError(f"unknown {cls.FORMAT_KIND} format {name!r}; choose from {sorted(known)}")
         return name
 
 
 class EngineSettings(PixelBudget):
+    FORMAT_KIND: ClassVar[Literal["input", "prompt"]] = "prompt"
     # The judge sees two images per pair and 33.8M pairs on MMEB-train: 448x448 (256 tokens
     # an image) keeps a pair near 600 tokens, 2.2x fewer than at 672x672, for a yes/no
     # decision on content that survives the downscale.

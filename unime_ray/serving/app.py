@@ -144,7 +144,8 @@ class Ingress:
         item = Item(item.instruction or "", item.text or "", image)
         try:
             prepared = self.format.prepare(item)
-            tokens = prompt_tokens(self.processor, self.format.text(self.processor, prepared), prepared.images())
+            tokens = prompt_tokens(self.processor, self.format.text(self.processor, prepared), prepared.images(),
+                                   self.format.add_special_tokens)
         except ValueError as error:  # the processor refuses the image (e.g. an aspect ratio over 200)
             raise BadInput(422, f"{field}.image", str(error)) from None
         limit = self.config.limits.max_item_tokens

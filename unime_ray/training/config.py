@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -90,6 +90,8 @@ class TrainEmbedderConfig(TrainJobConfig):
 
 class TrainRerankerConfig(TrainJobConfig):
     """METHOD.md section 5: the paper trains Qwen2.5-VL-7B, lr 2e-5, 1 epoch."""
+
+    FORMAT_KIND: ClassVar[Literal["input", "prompt"]] = "prompt"  # ``format`` names the reranker's prompts
 
     output_dir: str = Field("out/train_reranker", description="Ray Train storage, logs and the exported model")
     run_name: str = Field("reranker", description="Ray Train run name; a rerun with the same name resumes")

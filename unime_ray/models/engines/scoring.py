@@ -65,12 +65,13 @@ class JudgeResult:
     cached_tokens: int | None = None  # of those, served by the engine's prefix cache (vLLM)
 
 
-def prompt_tokens(processor, prompt: str, images: Sequence) -> int:
-    """Tokens the model sees for ``prompt``: its text tokens, with each image placeholder
-    expanded to that image's tokens under the processor's pixel budget. Computed from the
-    image sizes alone (``_get_num_multimodal_tokens``, the count the processor itself
-    expands to), so checking a pair costs a tokenization, not an image preprocessing."""
-    tokens = len(processor.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+def prompt_tokens(processor, prompt: str, images: Sequence, add_special_tokens: bool = False) -> int:
+    """Tokens the model sees for ``prompt``: its text tokens (with the tokenizer's own BOS/EOS
+    when a raw-text format adds them), with each image placeholder expanded to that image's
+    tokens under the processor's pixel budget. Computed from the image sizes alone
+    (``_get_num_multimodal_tokens``, the count the processor itself expands to), so checking
+    a pair costs a tokenization, not an image preprocessing."""
+    tokens = len(processor.tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"])
     if images:
         sizes = [(image.height, image.width) for image in images]
         tokens += sum(n - 1 for n in processor._get_num_multimodal_tokens(image_sizes=sizes).num_image_tokens)
