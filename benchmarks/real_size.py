@@ -32,8 +32,6 @@ from reporting import REPO, setup_logging, write_result
 
 logger = logging.getLogger("benchmarks.real_size")
 
-QWEN_SPECIAL_IDS = ("bos_token_id", "eos_token_id", "vision_start_token_id", "vision_end_token_id",
-                    "vision_token_id", "image_token_id", "video_token_id")
 # Qwen/Qwen2-VL-2B-Instruct config.json (values as published; the reconstruction agrees with
 # the copies re-saved by transformers, e.g. onnx-community/Qwen2-VL-2B-Instruct).
 QWEN2_VL_2B = {
@@ -59,8 +57,6 @@ QWEN2_5_VL_3B = {
                       "fullatt_block_indexes": [7, 15, 23, 31], "tokens_per_second": 2, "temporal_patch_size": 2},
 }
 MODELS = {"qwen2-vl-2b": QWEN2_VL_2B, "qwen2.5-vl-3b": QWEN2_5_VL_3B}
-# The published 7B sizes the README scales to (parameters, from their configs' shapes).
-SEVEN_B = {"Qwen2-VL-7B": 8.29e9, "Qwen2.5-VL-7B": 8.29e9}
 # Qwen2-VL's preprocessor_config.json: 4 to 16,384 merged patches an image.
 PREPROCESSOR = {"min_pixels": 3136, "max_pixels": 12845056}
 IMAGE = 672  # UniME-V2's "mid" resolution
@@ -129,9 +125,9 @@ def build(model_dir: Path, name: str) -> dict:
     torch.manual_seed(0)
     model = tf.AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(model_dir)
-    pixels = {"min_pixels": PREPROCESSOR["min_pixels"], "max_pixels": PREPROCESSOR["max_pixels"]}
     processor = tf.Qwen2VLProcessor if values["model_type"] == "qwen2_vl" else tf.Qwen2_5_VLProcessor
-    processor(image_processor=tf.Qwen2VLImageProcessor(**pixels), video_processor=tf.Qwen2VLVideoProcessor(**pixels),
+    processor(image_processor=tf.Qwen2VLImageProcessor(**PREPROCESSOR),
+              video_processor=tf.Qwen2VLVideoProcessor(**PREPROCESSOR),
               tokenizer=tokenizer, chat_template=tokenizer.chat_template).save_pretrained(model_dir)
     record_format(model_dir, input_format(FORMAT))
     return {"parameters": model.num_parameters(), "vision_parameters": sum(p.numel() for n, p in

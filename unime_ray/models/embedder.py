@@ -37,10 +37,10 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling) -
     return last_token_pool(hidden, attention_mask)
 
 
-def last_hidden(model, batch) -> torch.Tensor:
-    """[B, H] last-token hidden state of a tokenized batch."""
+def pooled_hidden(model, batch, pooling: Pooling = "last") -> torch.Tensor:
+    """[B, H] pooled last hidden state of a tokenized batch (the judge: its last token)."""
     hidden = backbone(model)(**batch).last_hidden_state  # [B, T, H]
-    return last_token_pool(hidden, batch["attention_mask"])
+    return pool(hidden, batch["attention_mask"], pooling)
 
 
 class Embedder:
@@ -68,8 +68,7 @@ class Embedder:
         items = [self.format.prepare(item) for item in items]
         batch = encode(self.processor, self.prompts(items), [i.images() for i in items], self.device,
                        add_special_tokens=self.format.add_special_tokens)
-        hidden = backbone(self.model)(**batch).last_hidden_state  # [N, T, H]
-        vectors = pool(hidden, batch["attention_mask"], self.format.pooling).float()
+        vectors = pooled_hidden(self.model, batch, self.format.pooling).float()
         return torch.nn.functional.normalize(vectors, dim=-1) if self.format.normalize else vectors
 
     @torch.no_grad()

@@ -11,7 +11,7 @@ import torch
 
 from unime_ray.models.engines.scoring import (Chat, JudgeRequest, JudgeResult, Pair, Prepared, prepare_pairs,
                                               score_in_batches, yes_no_token_ids, yes_probability)
-from unime_ray.models.embedder import last_hidden
+from unime_ray.models.embedder import pooled_hidden
 from unime_ray.models.formats import resolve_prompt_format
 from unime_ray.models.inputs import encode, render
 from unime_ray.models.loading import load_model, load_processor
@@ -35,7 +35,7 @@ class TransformersJudge:
         """[B, V] logits of the position after each prompt."""
         batch = encode(self.processor, prompts, images, self.device)
         # Only the answer position's logits are needed: project that one hidden state.
-        return self.model.get_output_embeddings()(last_hidden(self.model, batch)).float()
+        return self.model.get_output_embeddings()(pooled_hidden(self.model, batch)).float()
 
     @torch.no_grad()
     def _score_requests(self, requests: Sequence[JudgeRequest]) -> list[tuple[float, None]]:
