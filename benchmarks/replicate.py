@@ -174,7 +174,7 @@ def main(argv=None) -> dict:
     from unime_ray.data.labelled_corpus import LABELS_FILE, build_labelled_corpus
     from unime_ray.eval.build_mini import build_mini
     from unime_ray.mining.config import MineConfig
-    from unime_ray.replication.tables import arm_summary, markdown_table
+    from unime_ray.replication.tables import arm_summary, delta_table, markdown_table
     from unime_ray.training.config import TrainEmbedderConfig
 
     cfg = parse_job_args(ReplicateConfig, argv, __doc__.splitlines()[0])
@@ -214,12 +214,18 @@ def main(argv=None) -> dict:
     steps.run("round 1: mine with E0 and J", mined1 / "summary.json",
               lambda: mine(mined1, train_corpus, e0 / "model", cfg.mine, judge=judge / "model"))
     runs = {(arm.name, seed): out / f"round1/{arm.name}/seed{seed}" for arm in cfg.arms for seed in cfg.seeds}
+    records = {arm.name: mined1 if arm.records == "mined" else pairs0 for arm in cfg.arms}
     for arm in cfg.arms:
+        if arm.select:  # round 1's judged pairs (its stages reused), selected under the arm's rule
+            records[arm.name] = out / f"round1/{arm.name}/mined"
+            steps.run(f"round 1: re-select for {arm.name}", records[arm.name] / "summary.json",
+                      lambda arm=arm: mine(records[arm.name], train_corpus, e0 / "model",
+                                           [*cfg.mine, *arm.select, f"reuse_from={mined1}"], judge=judge / "model"))
         for seed in cfg.seeds:
             run = runs[arm.name, seed]
             steps.run(f"round 1: {arm.name}, seed {seed}", run / "train_summary.json",
                       lambda run=run, arm=arm, seed=seed: train(
-                          "embedder", run, e0 / "model", mined1 if arm.records == "mined" else pairs0,
+                          "embedder", run, e0 / "model", records[arm.name],
                           [*cfg.arm_common, *arm.overrides, f"seed={seed}"]))
     reranker1 = out / "round1/reranker"
     steps.run("round 1: train the reranker from J", reranker1 / "train_summary.json",
@@ -239,14 +245,19 @@ def main(argv=None) -> dict:
 
     load = lambda path: json.loads(path.read_text())  # noqa: E731
     arms = {name: arm_summary([load(evals / f"{name}/results.json")]) for name in ("init", "E0")}
-    for arm in cfg.arms:
-        arms[arm.label] = arm_summary([load(evals / f"{arm.name}/seed{s}/results.json") for s in cfg.seeds])
+    seeds_of = lambda arm: arm_summary([load(evals / f"{arm.name}/seed{s}/results.json") for s in cfg.seeds])  # noqa: E731
+    arms.update({arm.label: seeds_of(arm) for arm in cfg.arms if arm.table == "paper"})
     reranked = next(arm.label for arm in cfg.arms if arm.name == cfg.rerank_arm)
     arms[f"{reranked} + reranker"] = arm_summary(
         [load(evals / f"{cfg.rerank_arm}/seed{s}/results.json")["reranked"] for s in cfg.seeds])
+    baseline = next(arm for arm in cfg.arms if arm.name == cfg.neighbours_baseline)
+    neighbours = {baseline.label: arms[baseline.label],
+                  **{arm.label: seeds_of(arm) for arm in cfg.arms if arm.table == "neighbours"}}
     beta = load_config(MineConfig, REPO / "configs/mine.yaml", cfg.mine).select.beta
     arm_training = load_config(TrainEmbedderConfig, REPO / "configs/train_embedder.yaml", cfg.arm_common)
-    summaries = {"round0_labels": load(pairs0 / "summary.json"), "round1": load(mined1 / "summary.json")}
+    reselected = {arm.name: records[arm.name] for arm in cfg.arms if arm.select}
+    summaries = {"round0_labels": load(pairs0 / "summary.json"), "round1": load(mined1 / "summary.json"),
+                 **{f"round1_{name}": load(path / "summary.json") for name, path in reselected.items()}}
     result = {
         "config": cfg.model_dump(mode="json"),
         "judge_quality_heldout": judge_quality(heldout, heldout_corpus / LABELS_FILE, beta),
@@ -255,11 +266,13 @@ def main(argv=None) -> dict:
             "fallbacks_used")} for name, summary in summaries.items()},
         "judge_quality_round1": judge_quality(mined1, train_corpus / LABELS_FILE, beta),
         "training_records": {name: records_profile(path, arm_training) for name, path in (
-            ("round1_mined", mined1), ("labels_judged", pairs0))},
+            ("round1_mined", mined1), ("labels_judged", pairs0), *reselected.items())},
         "losses": {"E0": loss_curve(e0), "J": loss_curve(judge), "round1_reranker": loss_curve(reranker1),
                    **{f"{name}/seed{seed}": loss_curve(run) for (name, seed), run in runs.items()}},
         "arms": arms,
-        "tables": {"meta_tasks": markdown_table(arms, "meta_tasks"), "tasks": markdown_table(arms, "tasks")},
+        "neighbours": neighbours,
+        "tables": {"meta_tasks": markdown_table(arms, "meta_tasks"), "tasks": markdown_table(arms, "tasks"),
+                   "neighbours": delta_table(neighbours, baseline.label)},
         "step_seconds": steps.seconds,
         "minutes": round(sum(steps.seconds.values()) / 60, 1),
     }

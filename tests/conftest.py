@@ -18,6 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 K, TOP_K, BETA = 6, 20, 0.01  # the end-to-end mining run's selection settings
+BEFORE_JUDGE = ("corpus", "embed", "retrieve", "pairs")  # stages a run that tests judging reuses
 SHARED_RECORDS = REPO.parent / "shared" / "data" / "unime_v2_example_data.json"
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")

@@ -14,6 +14,7 @@ from unime_ray.data.images import ImageError, load_image, resolve_path
 from unime_ray.data.unime_json import read_unime_json, strip_placeholder, unime_record
 from unime_ray.data.sources import read_numbered
 from unime_ray.data.validate import check_positives, check_rows, mark_duplicates, positive_status
+from unime_ray.dataplane.io import column_sums
 from unime_ray.mining.config import MineConfig
 
 
@@ -78,8 +79,24 @@ def test_corpus_rows_are_numbered_across_files_and_row_groups(tmp_path, local_ra
     (tmp_path / "q").mkdir()
     pq.write_table(queries.slice(0, 4), tmp_path / "q" / "a.parquet", row_group_size=3)
     pq.write_table(queries.slice(4), tmp_path / "q" / "b.parquet")
+    ids = list(enumerate(queries.column("id").to_pylist()))
     rows = read_numbered(str(tmp_path / "q"), QUERY_SCHEMA, "queries").take_all()
-    assert [(r["row"], r["id"]) for r in rows] == list(enumerate(queries.column("id").to_pylist()))
+    assert sorted((r["row"], r["id"]) for r in rows) == ids
+    # a limit keeps the first rows by number, across a row group and a file boundary
+    for limit in (2, 5):
+        rows = read_numbered(str(tmp_path / "q"), QUERY_SCHEMA, "queries", limit=limit).take_all()
+        assert sorted((r["row"], r["id"]) for r in rows) == ids[:limit]
+
+
+def test_column_sums_add_up_every_shard(tmp_path):
+    import pyarrow.compute as pc
+
+    pq.write_table(pa.table({"n": [1, 2], "ids": [["a"], ["b", "c"]]}), tmp_path / "part-0.parquet")
+    pq.write_table(pa.table({"n": pa.array([], pa.int64()), "ids": pa.array([], pa.list_(pa.string()))}),
+                   tmp_path / "part-1.parquet")  # an empty shard, as an empty stage leaves
+    pq.write_table(pa.table({"n": [4], "ids": [["d", "e", "f"]]}), tmp_path / "part-2.parquet")
+    assert column_sums(tmp_path, ["n", "ids"], {"n": lambda t: t["n"], "ids": lambda t: pc.list_value_length(
+        t["ids"])}) == {"n": 7, "ids": 6}
 
 
 def test_image_limits_and_paths(tmp_path):

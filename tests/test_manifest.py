@@ -4,7 +4,9 @@ import json
 import os
 import time
 
-from unime_ray.mining.manifest import Manifest, fingerprint, path_signature
+import pytest
+
+from unime_ray.mining.manifest import Manifest, fingerprint, path_signature, reuse_stages
 
 
 def test_done_stages_are_skipped_and_changed_ones_rerun(tmp_path):
@@ -76,3 +78,29 @@ def test_a_resumable_stage_keeps_its_partial_rows_only_for_the_same_fingerprint(
     except RuntimeError:
         pass
     assert Manifest(tmp_path).run("select", "fp", finish) == {"files": ["rows-2.txt"]}
+
+
+def test_a_new_output_directory_reuses_finished_stages_and_runs_the_rest(tmp_path):
+    source, dest = tmp_path / "first", tmp_path / "second"
+    calls = []
+
+    def build(out):
+        calls.append(out.parent.parent.name)
+        (out / "x.txt").write_text(out.parent.parent.name)
+
+    for name in ("a", "b"):
+        Manifest(source).run(name, f"fp-{name}", build)
+    reuse_stages(source, dest, ["a"])
+    reuse_stages(source, dest, ["a"])  # again, as a rerun after a stop would: nothing changes
+    Manifest(dest).run("a", "fp-a", build)  # reused: skipped
+    Manifest(dest).run("b", "fp-b", build)  # not reused: runs in dest
+    assert calls == ["first", "first", "second"]
+    assert (dest / "stages" / "a" / "x.txt").read_text() == "first"
+    assert (dest / "stages" / "b" / "x.txt").read_text() == "second"
+    with pytest.raises(ValueError, match="no finished stage \\['c'\\]"):
+        reuse_stages(source, tmp_path / "third", ["c"])
+    with pytest.raises(FileExistsError, match="new output directory"):
+        reuse_stages(source, dest, ["b"])  # dest ran b itself
+    Manifest(dest).run("a", "fp-a2", build)  # a's settings changed: rebuilt in dest, the source's left alone
+    assert (dest / "stages" / "a" / "x.txt").read_text() == "second" and not (dest / "stages" / "a").is_symlink()
+    assert (source / "stages" / "a" / "x.txt").read_text() == "first"

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import K, mining_args
+from conftest import BEFORE_JUDGE, K, mining_args
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 
@@ -71,13 +71,16 @@ def _kill_node_running(cluster, workers, name_part: str, ready, timeout: float =
 
 def test_mining_survives_a_lost_node(cluster, first_run, planted_corpus, checkpoints, tmp_path):
     """The session's mining run (the same command line, on the test head) is the undisturbed
-    reference: the pipeline is deterministic, as the snapshot test shows."""
+    reference: the pipeline is deterministic, as the snapshot test shows. This run reuses
+    its stages before the judge, and judges and selects on the multi-node cluster."""
     from unime_ray.config import parse_job_args
     from unime_ray.mining.config import MineConfig
+    from unime_ray.mining.manifest import reuse_stages
     from unime_ray.mining.pipeline import run_mining
 
     cluster, workers = cluster
     disturbed = tmp_path / "disturbed"
+    reuse_stages(first_run, disturbed, BEFORE_JUDGE)
     config = parse_job_args(MineConfig, mining_args(planted_corpus, checkpoints, disturbed))
     outcome: dict = {}
 
@@ -94,6 +97,7 @@ def test_mining_survives_a_lost_node(cluster, first_run, planted_corpus, checkpo
     assert not (disturbed / "stages" / "judge").exists()  # killed mid-judge, not after
     thread.join(timeout=900)
     assert not thread.is_alive() and "error" not in outcome, outcome.get("error")
+    assert outcome["summary"]["pairs_restored"] == 0 and outcome["summary"]["pairs_judged_this_run"] > 0
     before = sorted(pq.read_table(first_run / "mined.parquet").to_pylist(), key=lambda r: r["query_id"])
     after = sorted(pq.read_table(disturbed / "mined.parquet").to_pylist(), key=lambda r: r["query_id"])
     assert len({r["query_id"] for r in after}) == len(after) == len(before) == planted_corpus["good_queries"]
@@ -116,7 +120,7 @@ def test_training_resumes_after_a_lost_node(cluster, first_run, checkpoints, tmp
     cfg = TrainEmbedderConfig.model_validate({
         "output_dir": str(out), "model": checkpoints["embedder"], "num_negatives": K, "per_worker_batch_size": 8,
         "data": {"mined": str(mined), "image_root": str(first_run)},
-        "optim": {"lr": 0.001, "warmup_steps": 3, "max_steps": 30},
+        "optim": {"lr": 0.001, "warmup_steps": 3, "max_steps": 20},
         "scaling": {"num_workers": 2, "cpus_per_worker": 0.25}, "checkpoint": {"every_steps": 5, "max_failures": 2},
         "export": False})
     outcome: dict = {}
@@ -137,7 +141,7 @@ def test_training_resumes_after_a_lost_node(cluster, first_run, checkpoints, tmp
     _kill_node_running(cluster, workers, "RayTrainWorker", past_a_checkpoint)
     thread.join(timeout=900)
     assert not thread.is_alive() and "error" not in outcome, outcome.get("error")
-    assert outcome["result"].metrics["step"] == 30
+    assert outcome["result"].metrics["step"] == 20
     assert outcome["result"].metrics["resumed_from_step"] >= 5  # from a checkpoint, not from scratch
     steps = {json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()}
-    assert steps == set(range(1, 31))
+    assert steps == set(range(1, 21))

@@ -18,9 +18,9 @@ from unime_ray.data.mnist import HELD_OUT_EVERY
 from unime_ray.mining.config import SelectConfig
 from unime_ray.mining.label_judge import LabelJudgeUDF, label_scores
 from unime_ray.mining.select_stage import select_records
-from unime_ray.replication.config import ReplicateConfig
+from unime_ray.replication.config import ArmConfig, ReplicateConfig
 from unime_ray.replication.judge_quality import auc, judge_quality, records_profile, soft_label_mass
-from unime_ray.replication.tables import arm_summary, markdown_table, mean_std
+from unime_ray.replication.tables import arm_summary, delta_table, markdown_table, mean_std
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -130,6 +130,10 @@ def test_arm_summary_means_and_stds_in_points():
     assert table.splitlines()[0] == "| meta-tasks | x | y |" and "| **overall** | 35.0 ± 7.1 | 35.0 ± 7.1 |" in table
     with pytest.raises(ValueError, match="different tasks"):
         arm_summary([results[0], _result({"A": 0.1}, {"m": 0.1}, 0.1, 0.1)])
+    other = arm_summary([_result({"A": 0.5, "B": 0.5}, {"m": 0.5}, 0.5, 0.5)])
+    assert delta_table({"c": summary, "new": other}, "c").splitlines() == [
+        "| arm | m | overall | overall, difference |", "|---|---|---|---|",
+        "| c | 35.0 ± 7.1 | 35.0 ± 7.1 | (reference) |", "| new | 50.0 ± 0.0 | 50.0 ± 0.0 | +15.0 |"]
 
 
 def test_the_replication_config_and_every_override_it_passes_are_valid():
@@ -146,9 +150,15 @@ def test_the_replication_config_and_every_override_it_passes_are_valid():
         assert load_config(TrainRerankerConfig, REPO / "configs/train_reranker.yaml", overrides).finetune == "full"
     arms = {arm.name: load_config(TrainEmbedderConfig, REPO / "configs/train_embedder.yaml",
                                   [*cfg.arm_common, *arm.overrides]) for arm in cfg.arms}
-    assert [(a.loss, a.info_nce_hard_negatives) for a in arms.values()] == [
+    assert [(a.loss, a.info_nce_hard_negatives) for a in arms.values()][:4] == [
         ("info_nce", False), ("info_nce", True), ("soft_label", False), ("soft_label", False)]
-    assert [arm.records for arm in cfg.arms] == ["mined", "mined", "mined", "labelled"]
+    assert [arm.records for arm in cfg.arms][:4] == ["mined", "mined", "mined", "labelled"]
+    # The neighbouring methods' arms: (c) with one option changed.
+    for arm in cfg.arms[4:]:
+        assert arms[arm.name] == arms["c_soft_label"] and arm.records == "mined" and arm.select, arm.name
+        load_config(MineConfig, REPO / "configs/mine.yaml", [*cfg.mine, *arm.select, "judge.labels=x.parquet"])
+    with pytest.raises(ValueError, match="select.\\* overrides only"):
+        ArmConfig(name="x", label="x", overrides=[], select=["judge.batch_size=2"])
     reranker = load_config(TrainRerankerConfig, REPO / "configs/train_reranker.yaml", cfg.round1_reranker)
     assert reranker.list_size == 5  # trained at the list length it reranks (the evaluation's top 5)
     # Same steps, batch and learning rate in every arm: only the loss and its negatives differ.

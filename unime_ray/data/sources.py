@@ -61,31 +61,39 @@ def corpus_files(config: CorpusConfig, scratch: Path) -> CorpusFiles:
     return CorpusFiles(files.queries, files.targets, config.image_root or files.image_root, files.rejects)
 
 
-def _fragments(path: str) -> list[dict]:
-    """(file, row group, first row number) of every row group, in input order."""
+def _fragments(path: str, limit: int | None) -> list[dict]:
+    """(file, row group, first row number, rows to keep) of every row group holding one of
+    the first ``limit`` rows (all if None), in input order."""
     fragments, offset = [], 0
     for file in parquet_files(path):
         meta = pq.ParquetFile(file).metadata
         for group in range(meta.num_row_groups):
-            fragments.append({"path": str(file), "row_group": group, "offset": offset})
-            offset += meta.row_group(group).num_rows
+            if limit is not None and offset >= limit:
+                return fragments
+            rows = meta.row_group(group).num_rows
+            keep = rows if limit is None else min(rows, limit - offset)
+            fragments.append({"path": str(file), "row_group": group, "offset": offset, "keep": keep})
+            offset += rows
     return fragments
 
 
 def _read_fragments(batch: pa.Table, schema: pa.Schema, name: str) -> pa.Table:
     tables = []
     for fragment in batch.to_pylist():
-        table = conform(pq.ParquetFile(fragment["path"]).read_row_group(fragment["row_group"]), schema, name)
+        group = pq.ParquetFile(fragment["path"]).read_row_group(fragment["row_group"])
+        table = conform(group.slice(0, fragment["keep"]), schema, name)
         rows = pa.array(range(fragment["offset"], fragment["offset"] + table.num_rows), pa.int64())
         tables.append(table.append_column(ROW_COLUMN, rows))
     return pa.concat_tables(tables)
 
 
-def read_numbered(path: str, schema: pa.Schema, name: str):
-    """The table at ``path`` conformed to ``schema``, with a ``row`` column."""
+def read_numbered(path: str, schema: pa.Schema, name: str, limit: int | None = None):
+    """The table at ``path`` conformed to ``schema``, with a ``row`` column; ``limit`` keeps
+    its first N rows by number (``Dataset.limit`` would keep whichever blocks finish first,
+    which a resumed job could not reproduce). Rows come in no particular order."""
     import ray.data
 
-    fragments = _fragments(path)
+    fragments = _fragments(path, limit)
     if not fragments:
         raise ValueError(f"{name} table at {path} has no rows")
     return ray.data.from_items(fragments, override_num_blocks=len(fragments)).map_batches(
@@ -95,8 +103,6 @@ def read_numbered(path: str, schema: pa.Schema, name: str):
 
 def read_corpus(files: CorpusFiles, limit: int | None = None):
     """(queries, targets) datasets; ``limit`` keeps the first N queries."""
-    queries = read_numbered(files.queries, QUERY_SCHEMA, "queries")
-    if limit:
-        queries = queries.limit(limit)
-    return queries, read_numbered(files.targets, TARGET_SCHEMA, "targets")
+    return (read_numbered(files.queries, QUERY_SCHEMA, "queries", limit),
+            read_numbered(files.targets, TARGET_SCHEMA, "targets"))
 

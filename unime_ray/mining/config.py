@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from unime_ray.config import StrictModel
 from unime_ray.data.config import CorpusConfig
 from unime_ray.dataplane.config import ActorConfig, EmbedConfig, PrepConfig
+from unime_ray.mining.select import Modality, Rule
 from unime_ray.retrieval.config import RetrievalConfig
 from unime_ray.models.settings import EngineSettings
 
@@ -25,12 +25,30 @@ class JudgeConfig(ActorConfig, PrepConfig, EngineSettings):
 
 
 class SelectConfig(StrictModel):
-    rule: Literal["beta", "relative_margin"] = Field("beta", description="false-negative rule")
+    rule: Rule = Field(
+        "beta", description="false-negative rule on the judge's scores (the rank window: on retrieval ranks)")
     beta: float = Field(0.01, ge=0, description="beta rule: drop s_c > s_pos - beta")
     margin: float = Field(0.05, ge=0, lt=1, description="relative_margin rule: drop s_c > (1 - margin) * s_pos")
+    absolute_margin: float = Field(0.1, ge=0, description="absolute_margin rule: drop s_c > s_pos - absolute_margin")
+    min_score: float = Field(0.0, ge=0, le=1, description="score_window rule: drop s_c < min_score")
+    max_score: float = Field(0.5, ge=0, le=1, description="score_window rule: drop s_c > max_score")
+    range_min: int = Field(5, ge=0, description="rank_window rule: drop the range_min nearest candidates")
+    range_max: int | None = Field(None, ge=1, description="rank_window rule: drop retrieval ranks >= range_max")
+    modality: Modality = Field(
+        "any", description="any; target: only negatives of the positive's modality (text, image, text+image); "
+                           "mixed: other_modality_share of the k from other modalities")
+    other_modality_share: float = Field(0.2, ge=0, le=1, description="mixed: share of other-modality negatives")
     k: int = Field(10, ge=1, description="hard negatives per query")
     step: int = Field(5, ge=1, description="cyclical sampling step")
     seed: int = Field(0, description="seed of the random fallback (drawn per query id)")
+
+    @model_validator(mode="after")
+    def _windows_are_not_empty(self):
+        if self.min_score > self.max_score:
+            raise ValueError(f"select.min_score ({self.min_score}) is above select.max_score ({self.max_score})")
+        if self.range_max is not None and self.range_max <= self.range_min:
+            raise ValueError(f"select.range_max ({self.range_max}) must be above select.range_min ({self.range_min})")
+        return self
 
 
 class MineConfig(StrictModel):
@@ -43,6 +61,9 @@ class MineConfig(StrictModel):
     max_reject_fraction: float = Field(
         0.05, ge=0, le=1, description="fail the job when more than this share of input rows is rejected")
     write_unime_json: bool = Field(False, description="also write mined.json in UniME-V2's layout")
+    reuse_from: str | None = Field(
+        None, description="another run's output directory: a new output directory starts from its finished "
+                          "stages (linked), so that only what this config changes runs, e.g. select.*")
     shuffle_partitions: int = Field(
         4, ge=1, description="hash partitions of the Ray Data joins and group-bys (cluster: about 2x the CPUs)")
     ray_address: str | None = Field(None, description="ray.init address; None joins the job's cluster or starts one")

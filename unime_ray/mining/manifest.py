@@ -17,7 +17,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from unime_ray import metrics
 
@@ -69,6 +69,8 @@ class Manifest:
             return self.stages[name].get("info", {})
         final, tmp = self.stage_dir(name), self.stage_dir(name + ".partial")
         stamp = tmp / PARTIAL_FINGERPRINT
+        if final.is_symlink():  # another run's stage (``reuse_stages``), now out of date here
+            final.unlink()
         shutil.rmtree(final, ignore_errors=True)
         if resumable and stamp.is_file() and stamp.read_text() == print_:
             logger.info("stage %s: resuming from its checkpoint", name)
@@ -89,3 +91,27 @@ class Manifest:
 
     def timings(self) -> dict[str, float]:
         return {name: entry["seconds"] for name, entry in self.stages.items()}
+
+
+def reuse_stages(source: str | Path, dest: str | Path, stages: Iterable[str]) -> None:
+    """Start the output directory ``dest`` from the finished ``stages`` of the run in
+    ``source`` (linked, not copied): a run in ``dest`` with the same settings skips them and
+    runs the rest, e.g. the selection under other rules without judging again."""
+    source, dest = Path(source).resolve(), Path(dest)
+    finished = Manifest(source).stages
+    missing = [name for name in stages if name not in finished]
+    if missing:
+        raise ValueError(f"{source} has no finished stage {missing}; it has {sorted(finished)}")
+    reused = Manifest(dest)
+    for name in stages:
+        link = reused.stage_dir(name)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        target = source / "stages" / name
+        if link.is_symlink() and link.resolve() == target.resolve():
+            pass  # reused before by a run that then stopped
+        elif link.is_symlink() or link.exists():
+            raise FileExistsError(f"{link} exists: reuse stages into a new output directory")
+        else:
+            link.symlink_to(target, target_is_directory=True)
+        reused.stages[name] = finished[name]
+    reused._save()

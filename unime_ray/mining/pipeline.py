@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from unime_ray import metrics
 from unime_ray.data.corpus import QUERY_SCHEMA, REJECT_SCHEMA, TARGET_SCHEMA
@@ -24,11 +23,12 @@ from unime_ray.data.rejects import as_rejects, check_reject_fraction, rejected_b
 from unime_ray.data.sources import ROW_COLUMN, corpus_files, read_corpus
 from unime_ray.data.validate import ERROR_COLUMN, check_positives, check_rows, mark_duplicates, positive_status
 from unime_ray.dataplane.embed_stage import embed_dataset
-from unime_ray.dataplane.io import count_rows, publish, read_dataset, rows_where_error, write_dataset, write_resumable
+from unime_ray.dataplane.io import (column_sums, count_rows, publish, read_dataset, rows_where_error, write_dataset,
+                                    write_resumable)
 from unime_ray.mining.config import MineConfig
 from unime_ray.mining.judge_stage import judge_dataset, pair_inputs
 from unime_ray.mining.label_judge import label_judge_dataset
-from unime_ray.mining.manifest import Manifest, fingerprint, path_signature
+from unime_ray.mining.manifest import Manifest, fingerprint, path_signature, reuse_stages
 from unime_ray.mining.select_stage import RECORD_SCHEMA, SELECTED_SCHEMA, select_records
 from unime_ray.retrieval.shards import search_dataset, shard_files, start_shards
 
@@ -119,14 +119,9 @@ def stage_judge(config: MineConfig, pairs_dir: Path, image_root: str | None, out
                              config.corpus.max_image_pixels)
 
     new = write_resumable(judged, out / "scores", out / "checkpoint", ROW_COLUMN)
-    sums = {"pairs": 0, "prompt_tokens": 0, "cached_tokens": 0}
-    # Three integer columns, one shard at a time: cheaper than planning a Ray Data
-    # aggregate (4 s on the demo), and the driver never holds more than a shard's column.
-    for file in new:
-        columns = pq.read_table(file, columns=["target_ids", "prompt_tokens", "cached_tokens"])
-        sums["pairs"] += int(pc.sum(pc.list_value_length(columns["target_ids"])).as_py() or 0)
-        sums["prompt_tokens"] += int(pc.sum(columns["prompt_tokens"]).as_py() or 0)
-        sums["cached_tokens"] += int(pc.sum(columns["cached_tokens"]).as_py() or 0)
+    sums = column_sums(new, ["target_ids", "prompt_tokens", "cached_tokens"], {
+        "pairs": lambda t: pc.list_value_length(t["target_ids"]), "prompt_tokens": lambda t: t["prompt_tokens"],
+        "cached_tokens": lambda t: t["cached_tokens"]})
     rate = sums["cached_tokens"] / sums["prompt_tokens"] if sums["prompt_tokens"] else None
     return {"queries": count_rows(out / "scores"), "pairs_judged_this_run": sums["pairs"],
             "prompt_tokens_this_run": sums["prompt_tokens"], "prefix_cache_hit_rate": rate}
@@ -142,14 +137,11 @@ def stage_select(config: MineConfig, judge_dir: Path, out: Path) -> dict:
                             out / "mined", RECORD_SCHEMA)
     rejected = write_dataset(as_rejects(selected.rename_columns({"query_id": "id"}), "queries"),
                              out / "rejects", REJECT_SCHEMA)
-    totals = {"false_negatives_dropped": 0, "negatives_kept": 0, "fallbacks": 0, "pairs_failed": 0}
-    if records:
-        sums = read_dataset(out / "mined").map_batches(lambda b: pa.table({
-            "false_negatives_dropped": b["false_negatives_dropped"], "fallbacks": pc.cast(b["used_fallback"], pa.int64()),
-            "negatives_kept": pc.list_value_length(b["neg_ids"])}), batch_format="pyarrow").sum(
-            ["false_negatives_dropped", "fallbacks", "negatives_kept"])
-        totals.update({key.removeprefix("sum(").removesuffix(")"): int(value) for key, value in sums.items()})
-    totals["pairs_failed"] = int(read_dataset(out / "selected", columns=["pairs_failed"]).sum("pairs_failed") or 0)
+    totals = column_sums(out / "mined", ["false_negatives_dropped", "used_fallback", "neg_ids"], {
+        "false_negatives_dropped": lambda t: t["false_negatives_dropped"],
+        "negatives_kept": lambda t: pc.list_value_length(t["neg_ids"]),
+        "fallbacks": lambda t: pc.cast(t["used_fallback"], pa.int64())})
+    totals.update(column_sums(out / "selected", ["pairs_failed"], {"pairs_failed": lambda t: t["pairs_failed"]}))
     metrics.inc("false_negatives_dropped", totals["false_negatives_dropped"])
     metrics.inc("negatives_kept", totals["negatives_kept"])
     metrics.inc("fallbacks_used", totals["fallbacks"])
@@ -166,6 +158,11 @@ def run_mining(config: MineConfig) -> dict:
     config.output_dir = str(output_dir)  # workers write image files there
     # Deterministic order, so a resumed job writes the same records as an uninterrupted one.
     ray.data.DataContext.get_current().execution_options.preserve_order = True
+    if config.reuse_from and not (output_dir / "manifest.json").exists():
+        finished = Manifest(config.reuse_from).stages
+        if not finished:
+            raise ValueError(f"reuse_from={config.reuse_from}: no finished stage there (no manifest.json)")
+        reuse_stages(config.reuse_from, output_dir, finished)
     manifest = Manifest(output_dir)
     dump = lambda section: section.model_dump(mode="json")  # noqa: E731
     j = config.judge

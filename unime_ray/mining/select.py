@@ -12,17 +12,42 @@ from typing import Literal, Sequence
 import numpy as np
 
 
-Rule = Literal["beta", "relative_margin"]
+Rule = Literal["beta", "relative_margin", "absolute_margin", "score_window", "rank_window"]
+Modality = Literal["any", "target", "mixed"]
+ITEM_MODALITIES = ("text", "image", "text+image")
 
 
 def keep_below_positive(scores: np.ndarray, positive_score: float, beta: float = 0.01) -> np.ndarray:
-    """UniME-V2's rule: drop a candidate with s_c > s_pos - beta. Returns the keep mask."""
+    """An absolute margin under the positive (UniME-V2's beta rule; the text miners'
+    ``absolute_margin``): drop a candidate with s_c > s_pos - beta. Returns the keep mask."""
     return np.asarray(scores, dtype=np.float64) <= positive_score - beta
 
 
 def keep_relative_margin(scores: np.ndarray, positive_score: float, margin: float = 0.05) -> np.ndarray:
     """NV-Retriever's TopK-PercPos: drop a candidate with s_c > (1 - margin) * s_pos."""
     return np.asarray(scores, dtype=np.float64) <= (1.0 - margin) * positive_score
+
+
+def keep_score_window(scores: np.ndarray, min_score: float, max_score: float) -> np.ndarray:
+    """sentence-transformers' ``min_score``/``max_score``: keep min_score <= s_c <= max_score,
+    whatever the positive scored."""
+    scores = np.asarray(scores, dtype=np.float64)
+    return (scores >= min_score) & (scores <= max_score)
+
+
+def keep_rank_window(ranks: Sequence[int], range_min: int, range_max: int | None) -> np.ndarray:
+    """sentence-transformers' ``range_min``/``range_max``: keep candidates whose retrieval rank
+    (0 = the embedder's nearest) is in [range_min, range_max); skips the nearest, which are
+    the likeliest false negatives, without reading the judge."""
+    ranks = np.asarray(ranks, dtype=np.int64)
+    return (ranks >= range_min) & (ranks < (np.iinfo(np.int64).max if range_max is None else range_max))
+
+
+def item_modality(text: str | None, has_image: bool) -> str:
+    """An item's modality: "text", "image" or "text+image" (instructions are not content)."""
+    if text and has_image:
+        return "text+image"
+    return "image" if has_image else "text"
 
 
 def cyclic_order(n: int, step: int = 5) -> list[int]:
@@ -46,6 +71,14 @@ class Selection:
     fallback: bool  # True when none remained and the random fallback was used
 
 
+def _interleave(same: list[int], other: list[int]) -> list[int]:
+    """``other``'s picks spread evenly among ``same``'s (Bresenham), so that training on the
+    first n negatives keeps about the same share of each."""
+    k, n_other = len(same) + len(other), len(other)
+    same_iter, other_iter = iter(same), iter(other)
+    return [next(other_iter) if (i + 1) * n_other // k > i * n_other // k else next(same_iter) for i in range(k)]
+
+
 def select_hard_negatives(
     scores: Sequence[float],
     positive_score: float,
@@ -53,29 +86,61 @@ def select_hard_negatives(
     rule: Rule = "beta",
     beta: float = 0.01,
     margin: float = 0.05,
+    absolute_margin: float = 0.1,
+    min_score: float = 0.0,
+    max_score: float = 0.5,
+    range_min: int = 5,
+    range_max: int | None = None,
+    ranks: Sequence[int] | None = None,
+    modality: Modality = "any",
+    modalities: Sequence[str] | None = None,
+    positive_modality: str | None = None,
+    other_modality_share: float = 0.2,
     k: int = 10,
     step: int = 5,
     rng: np.random.Generator | None = None,
 ) -> Selection:
-    """Filter false negatives, then pick ``k`` by cyclical sampling (retrieval order kept).
+    """Filter false negatives by ``rule``, then by modality, then pick ``k`` by cyclical
+    sampling (retrieval order kept). ``ranks`` are the candidates' retrieval ranks
+    (default: their positions); ``modalities`` each candidate's and ``positive_modality``
+    the positive's (``item_modality``), needed unless ``modality="any"``.
+
+    Modality (MM-Embed): ``target`` keeps only candidates of the positive's modality;
+    ``mixed`` picks ``other_modality_share * k`` (rounded half up) of the k among the other modalities
+    (all k from one side when the other has none left) and spreads them through the list.
 
     If every candidate is dropped (under 1% of queries in the paper), ``k`` are drawn at
-    random from all candidates, each recorded with score 1.0, as UniME-V2 does.
+    random, each recorded with score 1.0, as UniME-V2 does: from the candidates of the
+    positive's modality under ``target`` (all, if none is), else from all candidates.
     """
     scores = np.asarray(scores, dtype=np.float64)
     if scores.size == 0:
         raise ValueError("no candidates to select from")
-    if rule == "beta":
-        keep = keep_below_positive(scores, positive_score, beta)
+    if rule in ("beta", "absolute_margin"):
+        keep = keep_below_positive(scores, positive_score, beta if rule == "beta" else absolute_margin)
     elif rule == "relative_margin":
         keep = keep_relative_margin(scores, positive_score, margin)
+    elif rule == "score_window":
+        keep = keep_score_window(scores, min_score, max_score)
+    elif rule == "rank_window":
+        keep = keep_rank_window(np.arange(scores.size) if ranks is None else ranks, range_min, range_max)
     else:
         raise ValueError(f"unknown rule {rule!r}")
-    remaining = np.flatnonzero(keep)
-    dropped = int(scores.size - remaining.size)
-    if remaining.size == 0:
+    dropped = int(scores.size - keep.sum())
+    if modality == "any":
+        same_kind = np.ones(scores.size, dtype=bool)
+    elif modalities is None or positive_modality is None:
+        raise ValueError(f"modality={modality!r} needs the candidates' and the positive's modalities")
+    else:
+        same_kind = np.asarray(modalities) == positive_modality
+    same = np.flatnonzero(keep & same_kind).tolist()
+    other = np.flatnonzero(keep & ~same_kind).tolist() if modality == "mixed" else []
+    if not same and not other:
+        pool = np.flatnonzero(same_kind) if modality == "target" and same_kind.any() else np.arange(scores.size)
         rng = rng or np.random.default_rng(0)
-        picked = rng.choice(scores.size, size=k, replace=scores.size < k).tolist()
+        picked = rng.choice(pool, size=k, replace=pool.size < k).tolist()
         return Selection([int(i) for i in picked], [1.0] * k, dropped, True)
-    picked = [int(remaining[i]) for i in cyclic_sample(remaining.size, k, step)]
+    n_other = k if not same else 0 if not other else int(other_modality_share * k + 0.5)
+    pick = lambda pool, n: [pool[i] for i in cyclic_sample(len(pool), n, step)] if n else []  # noqa: E731
+    picked = _interleave(pick(same, k - n_other), pick(other, n_other))
     return Selection(picked, [float(scores[i]) for i in picked], dropped, False)

@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from unime_ray.data.image_refs import image_ref
 from unime_ray.mining.judge_stage import TARGET_FIELDS
-from unime_ray.mining.select import select_hard_negatives
+from unime_ray.mining.select import item_modality, select_hard_negatives
 from unime_ray.rng import seeded_rng
 
 RECORD_SCHEMA = pa.schema([
@@ -41,8 +41,14 @@ def select_record(row: dict, s, output_dir: str) -> dict:
         return {**record, "error": row["error"]}
     if not ok:
         return {**record, "error": "no candidate could be judged"}
-    pick = select_hard_negatives([scores[i] for i in ok], row["positive_score"], rule=s.rule, beta=s.beta,
-                                 margin=s.margin, k=s.k, step=s.step, rng=seeded_rng(row["id"], s.seed))
+    modality = lambda i: item_modality(row["target_texts"][i], bool(  # noqa: E731
+        row["target_images"][i] or row["target_image_paths"][i]))
+    pick = select_hard_negatives(
+        [scores[i] for i in ok], row["positive_score"], rule=s.rule, beta=s.beta, margin=s.margin,
+        absolute_margin=s.absolute_margin, min_score=s.min_score, max_score=s.max_score, range_min=s.range_min,
+        range_max=s.range_max, ranks=ok, modality=s.modality, modalities=[modality(1 + i) for i in ok],
+        positive_modality=modality(0), other_modality_share=s.other_modality_share, k=s.k, step=s.step,
+        rng=seeded_rng(row["id"], s.seed))
     positive = _target(row, 0)
     negatives = [_target(row, 1 + ok[i]) for i in pick.indices]  # slot 0 is the positive
     ref = lambda item: image_ref(output_dir, item["image"], item["image_path"])  # noqa: E731

@@ -17,6 +17,19 @@ class ArmConfig(StrictModel):
     records: Literal["mined", "labelled"] = Field(
         "mined", description="mined: round 1's records (E0 retrieves, J judges); labelled: E0 retrieves, the labels "
                              "judge (the method with a perfect judge, to tell the judge's errors from the loss's)")
+    table: Literal["paper", "neighbours"] = Field(
+        "paper", description="paper: the main table's columns; neighbours: a row of the neighbouring methods' "
+                             "table, with its difference from neighbours_baseline")
+    select: list[str] = Field([], description="mining select.* overrides: the records are re-selected from the same "
+                                              "judged pairs (only the selection stage runs again)")
+
+    @model_validator(mode="after")
+    def _select_overrides_only(self):
+        if any(not o.startswith("select.") for o in self.select):
+            raise ValueError(f"arm {self.name}: select holds select.* overrides only, not {self.select}")
+        if self.select and self.records != "mined":
+            raise ValueError(f"arm {self.name}: select re-selects round 1's mined records; records must be 'mined'")
+        return self
 
 
 class ReplicateConfig(StrictModel):
@@ -37,14 +50,16 @@ class ReplicateConfig(StrictModel):
     arm_common: list[str] = Field([], description="train_embedder overrides every round-1 arm shares")
     arms: list[ArmConfig] = Field(min_length=1, description="round-1 arms, all from E0 with the same steps and batch")
     rerank_arm: str = Field(description="name of the arm whose top 5 the round-1 reranker reranks")
+    neighbours_baseline: str = Field("c_soft_label", description="the arm the neighbouring methods' arms compare to")
     round1_reranker: list[str] = Field([], description="round-1 reranker overrides (from J, on the mined records)")
     evaluate: list[str] = Field([], description="evaluation overrides (configs/evaluate.yaml)")
 
     @model_validator(mode="after")
     def _rerank_arm_is_an_arm(self):
         names = [arm.name for arm in self.arms]
-        if self.rerank_arm not in names:
-            raise ValueError(f"rerank_arm {self.rerank_arm!r} is not an arm's name ({names})")
+        for field in ("rerank_arm", "neighbours_baseline"):
+            if getattr(self, field) not in names:
+                raise ValueError(f"{field} {getattr(self, field)!r} is not an arm's name ({names})")
         if len(set(names)) != len(names):
             raise ValueError(f"arm names repeat: {names}")
         return self

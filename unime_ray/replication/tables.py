@@ -37,3 +37,16 @@ def markdown_table(arms: dict[str, dict], rows: str) -> str:
         label = f"**{key}**" if key == "overall" else key
         lines.append(f"| {label} | " + " | ".join(f"{c['mean']:.1f} ± {c['std']:.1f}" for c in cells) + " |")
     return "\n".join(lines)
+
+
+def delta_table(arms: dict[str, dict], baseline: str) -> str:
+    """One row per arm: each meta-task's and the overall "mean ± std", and the difference
+    of its mean from ``baseline``'s (the first row)."""
+    keys = [*arms[baseline]["meta_tasks"], "overall"]
+    cell = lambda summary, key: summary["overall"] if key == "overall" else summary["meta_tasks"][key]  # noqa: E731
+    lines = ["| arm | " + " | ".join(keys) + " | overall, difference |", "|---" * (len(keys) + 2) + "|"]
+    for name, summary in arms.items():
+        cells = [f"{cell(summary, k)['mean']:.1f} ± {cell(summary, k)['std']:.1f}" for k in keys]
+        delta = summary["overall"]["mean"] - arms[baseline]["overall"]["mean"]
+        lines.append(f"| {name} | " + " | ".join(cells) + (" | (reference) |" if name == baseline else f" | {delta:+.1f} |"))
+    return "\n".join(lines)
