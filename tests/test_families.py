@@ -1,7 +1,7 @@
 """The paper's other backbones, Qwen2.5-VL and LLaVA-OneVision, as tiny random-weight
 checkpoints through the model layer every job uses: the embedder (mining, training,
-evaluation and the service embed with it), the judge and the reranker on both engines,
-and a training step of each trainer with LoRA on the language model only."""
+evaluation and the service embed with it, bidirectional too), the judge and the reranker
+on both engines, and a training step of each trainer with LoRA on the language model only."""
 
 import numpy as np
 import pytest
@@ -52,6 +52,18 @@ def test_the_embedder_embeds_every_kind_of_item(family):
     assert vectors.shape == (5, 64) and np.isfinite(vectors).all()
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert np.linalg.matrix_rank(vectors, tol=1e-3) == 5  # every item its own vector
+
+
+def test_the_bidirectional_embedder_masks_only_padding(family):
+    """NV-Embed's bidirectional attention on this family's language model: a batch embeds as
+    its items alone (padding masked), and differently from the causal model."""
+    _, paths, _ = family
+    bidirectional = Embedder.from_pretrained(paths["embedder"], bidirectional=True, **BUDGET)
+    together = bidirectional.embed([QUERY, *CANDIDATES])
+    alone = np.concatenate([bidirectional.embed([item]) for item in [QUERY, *CANDIDATES]])
+    assert np.allclose(together, alone, atol=1e-5)
+    causal = Embedder.from_pretrained(paths["embedder"], **BUDGET).embed([QUERY, *CANDIDATES])
+    assert np.abs(together - causal).max() > 1e-2
 
 
 def test_judge_and_reranker_agree_across_engines(family):

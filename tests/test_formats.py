@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
-from unime_ray.models.embedder import Embedder, last_token_pool, mean_pool
+from unime_ray.models.embedder import Embedder
+from unime_ray.models.pooling import last_token_pool, mean_pool
 from unime_ray.models.engines.scoring import yes_no_token_ids
 from unime_ray.models.formats import (FORMAT_FILE, JUDGE_PROMPT, UNIME_V2_LISTWISE_PROMPT,
                                       input_format, prompt_format, record_format, resolve_formats,

@@ -8,7 +8,8 @@ import torch
 from conftest import png_bytes
 from PIL import Image
 
-from unime_ray.models.embedder import Embedder, last_token_index, last_token_pool
+from unime_ray.models.embedder import Embedder
+from unime_ray.models.pooling import last_token_index, last_token_pool
 from unime_ray.models.inputs import Item
 
 

@@ -153,10 +153,13 @@ def test_the_replication_config_and_every_override_it_passes_are_valid():
     assert [(a.loss, a.info_nce_hard_negatives) for a in arms.values()][:4] == [
         ("info_nce", False), ("info_nce", True), ("soft_label", False), ("soft_label", False)]
     assert [arm.records for arm in cfg.arms][:4] == ["mined", "mined", "mined", "labelled"]
-    # The neighbouring methods' arms: (c) with one option changed.
+    # The neighbouring methods' arms: (c) with one option changed, in the selection or in training.
+    reference = arms["c_soft_label"].model_dump()
     for arm in cfg.arms[4:]:
-        assert arms[arm.name] == arms["c_soft_label"] and arm.records == "mined" and arm.select, arm.name
+        assert arm.table == "neighbours" and arm.records == "mined", arm.name
         load_config(MineConfig, REPO / "configs/mine.yaml", [*cfg.mine, *arm.select, "judge.labels=x.parquet"])
+        changed = {k for k, v in arms[arm.name].model_dump().items() if v != reference[k]}
+        assert (changed == set() and arm.select) or (len(changed) == 1 and not arm.select), (arm.name, changed)
     with pytest.raises(ValueError, match="select.\\* overrides only"):
         ArmConfig(name="x", label="x", overrides=[], select=["judge.batch_size=2"])
     reranker = load_config(TrainRerankerConfig, REPO / "configs/train_reranker.yaml", cfg.round1_reranker)

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from unime_ray.config import StrictModel
-from unime_ray.models.settings import PixelBudget
+from unime_ray.models.settings import EmbeddingChanges, PixelBudget
 
 
 class ActorConfig(StrictModel):
@@ -32,7 +32,7 @@ class PrepConfig(StrictModel):
     prep_num_cpus: float = Field(0.25, gt=0, description="CPUs reserved per preparation actor (cluster: 1 or more)")
 
 
-class EmbedConfig(ActorConfig, PrepConfig, PixelBudget):
+class EmbedConfig(ActorConfig, PrepConfig, EmbeddingChanges, PixelBudget):
     model: str = Field(".cache/checkpoints/embedder", description="embedder checkpoint: local dir or hub id")
     device: str = Field("cpu", description="'cpu' or 'cuda'")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights' dtype (bfloat16 on GPUs)")

@@ -67,12 +67,14 @@ class EmbedUDF:
     INPUT_COLUMNS = ("instruction", "text", "pixels", "error")
 
     def __init__(self, model: str, device: str, dtype: str, torch_threads: int | None = None,
-                 vector_dtype: VectorDtype = "float32", budget: dict | None = None, format: str | None = None):
+                 vector_dtype: VectorDtype = "float32", budget: dict | None = None, format: str | None = None,
+                 pooling: str | None = None, bidirectional: bool | None = None):
         from unime_ray.models.embedder import Embedder
         from unime_ray.models.loading import set_torch_threads
 
         set_torch_threads(torch_threads)
-        self.embedder = Embedder.from_pretrained(model, device, dtype, **(budget or {}), format=format)
+        self.embedder = Embedder.from_pretrained(model, device, dtype, **(budget or {}), format=format,
+                                                 pooling=pooling, bidirectional=bidirectional)
         self.vector_dtype = vector_dtype
         self.dim = int(self.embedder.model.config.get_text_config().hidden_size)
 
@@ -105,7 +107,7 @@ def stage_arguments(embed, image_root: str | None, max_pixels: int) -> tuple[dic
     shared = {"model": embed.model, "budget": budget, "format": embed.format}
     return ({**shared, "image_root": image_root, "max_pixels": max_pixels},
             {**shared, "device": embed.device, "dtype": embed.dtype, "torch_threads": embed.torch_threads,
-             "vector_dtype": embed.vector_dtype})
+             "vector_dtype": embed.vector_dtype, "pooling": embed.pooling, "bidirectional": embed.bidirectional})
 
 
 def embed_dataset(ds, embed, image_root: str | None, max_pixels: int):

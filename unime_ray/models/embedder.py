@@ -3,6 +3,7 @@ says (``formats.InputFormat``; VLM2Vec and UniME-V2: the last token, L2-normalis
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -11,54 +12,52 @@ import torch
 from unime_ray.models.formats import DEFAULT_INPUT_FORMAT, InputFormat, Pooling, resolve_input_format
 from unime_ray.models.inputs import Item, encode
 from unime_ray.models.loading import backbone, load_model, load_processor
+from unime_ray.models.pooling import (LATENT_FILE, attach_latent_pool, latent_pool_of, load_latent_pool,
+                                      make_bidirectional, pool)
 
 
-def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Index of each row's last real token, for left or right padding. [B, T] -> [B]."""
-    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-    return (attention_mask * positions).argmax(dim=1)
-
-
-def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """[B, T, H] hidden states -> [B, H] at each row's last real token."""
-    rows = torch.arange(hidden.shape[0], device=hidden.device)
-    return hidden[rows, last_token_index(attention_mask)]
-
-
-def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """[B, T, H] -> [B, H]: the mean over each row's real tokens."""
-    mask = attention_mask.to(hidden.dtype)[..., None]  # [B, T, 1]
-    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
-
-
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
-    if pooling == "mean":
-        return mean_pool(hidden, attention_mask)
-    return last_token_pool(hidden, attention_mask)
-
-
-def pooled_hidden(model, batch, pooling: Pooling = "last") -> torch.Tensor:
+def pooled_hidden(model, batch, pooling: Pooling = "last", latent_pool=None) -> torch.Tensor:
     """[B, H] pooled last hidden state of a tokenized batch (the judge: its last token)."""
     hidden = backbone(model)(**batch).last_hidden_state  # [B, T, H]
-    return pool(hidden, batch["attention_mask"], pooling)
+    return pool(hidden, batch["attention_mask"], pooling, latent_pool)
+
+
+def prepare_model(model, fmt: InputFormat, model_dir: str | Path, train: bool = False) -> None:
+    """Make ``model`` read as ``fmt`` says: bidirectional attention, and the latent-attention
+    layer saved in ``model_dir`` (training from a directory without one: a new layer)."""
+    if fmt.bidirectional:
+        make_bidirectional(model)
+    if fmt.pooling == "latent_attention":
+        if train and not (Path(model_dir) / LATENT_FILE).is_file():
+            attach_latent_pool(model, fmt.latents, fmt.latent_heads)
+        else:
+            load_latent_pool(model, model_dir, fmt.latents, fmt.latent_heads)
 
 
 class Embedder:
-    """Embeds items with a multimodal LLM: the format's input -> pooled (normalised) vector."""
+    """Embeds items with a multimodal LLM: the format's input -> pooled (normalised) vector.
+
+    ``model`` is ready for the format: made bidirectional, and holding its latent-attention
+    layer, if the format says so (``from_pretrained`` and the trainer prepare it)."""
 
     def __init__(self, processor, model, device: str = "cpu", input_format: InputFormat = DEFAULT_INPUT_FORMAT):
         self.processor = processor
         self.model = model
         self.device = device
         self.format = input_format
+        self.latent_pool = latent_pool_of(model) if input_format.pooling == "latent_attention" else None
 
     @classmethod
     def from_pretrained(cls, model_path: str, device: str = "cpu", dtype: str = "float32",
                         min_pixels: int | None = None, max_pixels: int | None = None,
-                        format: str | None = None) -> "Embedder":
-        """``format``: an input format's name; None resolves it from the checkpoint."""
-        return cls(load_processor(model_path, min_pixels, max_pixels), load_model(model_path, device, dtype), device,
-                   resolve_input_format(model_path, format))
+                        format: str | None = None, pooling: Pooling | None = None,
+                        bidirectional: bool | None = None) -> "Embedder":
+        """``format``: an input format's name, ``pooling`` and ``bidirectional`` changes to
+        it; None resolves each from the checkpoint."""
+        fmt = resolve_input_format(model_path, format, pooling, bidirectional)
+        model = load_model(model_path, device, dtype)
+        prepare_model(model, fmt, model_path)
+        return cls(load_processor(model_path, min_pixels, max_pixels), model, device, fmt)
 
     def prompts(self, items: Sequence[Item]) -> list[str]:
         return [self.format.text(self.processor, item) for item in items]
@@ -68,7 +67,7 @@ class Embedder:
         items = [self.format.prepare(item) for item in items]
         batch = encode(self.processor, self.prompts(items), [i.images() for i in items], self.device,
                        add_special_tokens=self.format.add_special_tokens)
-        vectors = pooled_hidden(self.model, batch, self.format.pooling).float()
+        vectors = pooled_hidden(self.model, batch, self.format.pooling, self.latent_pool).float()
         return torch.nn.functional.normalize(vectors, dim=-1) if self.format.normalize else vectors
 
     @torch.no_grad()

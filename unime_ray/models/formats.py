@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Callable, Literal, Sequence
 
@@ -35,7 +35,7 @@ from unime_ray.models.inputs import Item, join_text, render, user_turn
 logger = logging.getLogger(__name__)
 
 FORMAT_FILE = "unime_format.json"  # {"embedding": InputFormat fields, "prompts": PromptFormat name}
-Pooling = Literal["last", "mean"]
+Pooling = Literal["last", "mean", "latent_attention"]
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,13 @@ class InputFormat:
     # The tokenizer's own BOS/EOS on encode (LLaVA-NeXT's "<s>"); chat templates write theirs.
     add_special_tokens: bool = True
     suffix: str = ""  # appended to the text (GME: "<|endoftext|>", whose state is pooled)
-    pooling: Pooling = "last"  # last: the last real token (UniME-V2's "last"/"eos"); mean: over real tokens
+    # last: the last real token (UniME-V2's "last"/"eos"); mean: over real tokens;
+    # latent_attention: NV-Embed's trained layer (``pooling.LatentAttentionPooling``)
+    pooling: Pooling = "last"
     normalize: bool = True  # L2-normalise the vector
+    bidirectional: bool = False  # NV-Embed: no causal mask in the language model
+    latents: int = 512  # latent_attention: the latent array's rows (NV-Embed: 512)
+    latent_heads: int = 8  # latent_attention: attention heads (NV-Embed: 8)
     image_size: tuple[int, int] | None = None  # every image resized to (width, height) first
     model_types: tuple[str, ...] = ()  # config.model_type values it serves; () any
     name_pattern: str | None = None  # regex on the checkpoint's name (``checkpoint_name``); None: any
@@ -281,9 +286,17 @@ def _from_record(model: str | Path, recorded: dict) -> InputFormat:
     return InputFormat(**values)
 
 
-def resolve_input_format(model: str | Path, name: str | None = None) -> InputFormat:
+def resolve_input_format(model: str | Path, name: str | None = None, pooling: Pooling | None = None,
+                         bidirectional: bool | None = None) -> InputFormat:
     """The embedder's input format: ``name``, else the directory's record, else the first
-    registry match, else our chat format (with a warning naming the assumption)."""
+    registry match, else our chat format (with a warning naming the assumption); then
+    ``pooling`` and ``bidirectional``, where given, replace the format's."""
+    changes = {key: value for key, value in (("pooling", pooling), ("bidirectional", bidirectional))
+               if value is not None}
+    return replace(_resolve_input_format(model, name), **changes)
+
+
+def _resolve_input_format(model: str | Path, name: str | None) -> InputFormat:
     if name is not None:
         return input_format(name)
     recorded = read_record(model).get("embedding")
@@ -315,11 +328,13 @@ def resolve_prompt_format(model: str | Path, name: str | None = None) -> PromptF
     return DEFAULT_PROMPT_FORMAT
 
 
-def resolve_formats(model: str | Path, name: str | None = None) -> tuple[InputFormat, PromptFormat]:
-    """Both of a checkpoint's formats, ``name`` choosing the one of whichever kind it names."""
+def resolve_formats(model: str | Path, name: str | None = None, pooling: Pooling | None = None,
+                    bidirectional: bool | None = None) -> tuple[InputFormat, PromptFormat]:
+    """Both of a checkpoint's formats, ``name`` choosing the one of whichever kind it names
+    (``pooling``, ``bidirectional``: changes to the input format)."""
     if name is not None and name not in INPUT_FORMATS_BY_NAME and name not in PROMPT_FORMATS_BY_NAME:
         raise ValueError(f"unknown format {name!r}; choose from {sorted(INPUT_FORMATS_BY_NAME)} "
                          f"or {sorted(PROMPT_FORMATS_BY_NAME)}")
     embedding = name if name in INPUT_FORMATS_BY_NAME else None
     prompts = name if name in PROMPT_FORMATS_BY_NAME else None
-    return resolve_input_format(model, embedding), resolve_prompt_format(model, prompts)
+    return resolve_input_format(model, embedding, pooling, bidirectional), resolve_prompt_format(model, prompts)

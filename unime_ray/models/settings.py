@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator
 
 from unime_ray.config import StrictModel
+from unime_ray.models.formats import Pooling
 
 
 # vLLM on CPU: no CUDA graphs to capture, and the default 128-token KV block is coarser than
@@ -41,6 +42,17 @@ class PixelBudget(StrictModel):
         if name is not None and name not in known:
             raise ValueError(f"unknown {cls.FORMAT_KIND} format {name!r}; choose from {sorted(known)}")
         return name
+
+
+class EmbeddingChanges(StrictModel):
+    """An embedder's pooling and attention (NV-Embed), where they differ from its input
+    format's; a training job records them in the model it exports, so mining, evaluation
+    and serving read that model as it was trained. Judges and rerankers have neither."""
+
+    pooling: Pooling | None = Field(
+        None, description="last / mean / latent_attention (a trained layer, saved with the model); None: the format's")
+    bidirectional: bool | None = Field(
+        None, description="true: no causal mask in the language model (NV-Embed); None: the format's")
 
 
 class EngineSettings(PixelBudget):

@@ -12,11 +12,11 @@ from pydantic import Field
 
 from unime_ray.config import StrictModel
 from unime_ray.mining.config import CorpusConfig, EmbedConfig
-from unime_ray.models.settings import PixelBudget, RerankSettings
+from unime_ray.models.settings import EmbeddingChanges, PixelBudget, RerankSettings
 from unime_ray.retrieval.config import RetrievalConfig
 
 
-class EmbedderSettings(PixelBudget):
+class EmbedderSettings(EmbeddingChanges, PixelBudget):
     model: str = Field(".cache/checkpoints/embedder", description="embedder checkpoint: the one the index was built with")
     device: str = Field("cpu", description="'cpu' or 'cuda' (with ray_actor_options.num_gpus)")
     dtype: str = Field("float32", description="weights' dtype (bfloat16 on GPUs)")

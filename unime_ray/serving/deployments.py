@@ -32,7 +32,8 @@ class Embedder:
 
         s = EmbedderSettings.model_validate(settings)
         set_torch_threads(s.torch_threads)
-        self.model = Model.from_pretrained(s.model, s.device, s.dtype, s.min_pixels, s.max_pixels, s.format)
+        self.model = Model.from_pretrained(s.model, s.device, s.dtype, s.min_pixels, s.max_pixels, s.format,
+                                           s.pooling, s.bidirectional)
         self.embed.set_max_batch_size(s.max_batch_size)
         self.embed.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
         # Serve routes no request to a replica before its constructor returns: warming here

@@ -7,10 +7,16 @@ writes the checkpoint, since data-parallel replicas hold identical weights.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
 import torch
+
+from unime_ray.models.formats import DEFAULT_INPUT_FORMAT, InputFormat
+from unime_ray.models.pooling import attach_latent_pool, save_latent_pool
+
+logger = logging.getLogger(__name__)
 
 ADAPTER = "adapter"
 WEIGHTS = "model.safetensors"  # finetune=full
@@ -80,18 +86,28 @@ def warmup_linear(optimizer, warmup_steps: int, max_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def export_checkpoint(base_model: str, checkpoint_dir: Path, out_dir: Path, dtype: str = "float32") -> Path:
+def export_checkpoint(base_model: str, checkpoint_dir: Path, out_dir: Path, dtype: str = "float32",
+                      input_format: InputFormat = DEFAULT_INPUT_FORMAT) -> Path:
     """A checkpoint as a plain model directory: LoRA merged into ``base_model``, or the
-    base's architecture with the checkpoint's weights (``finetune=full``)."""
+    base's architecture with the checkpoint's weights (``finetune=full``). An embedder that
+    pools by latent attention (``input_format``) gets its trained layer in ``LATENT_FILE``."""
+    from peft import PeftModel
     from safetensors.torch import load_model as load_weights
 
     from unime_ray.models.loading import load_model, load_processor
-    from unime_ray.training.lora import export_merged
 
-    if (checkpoint_dir / ADAPTER).exists():
-        return export_merged(base_model, checkpoint_dir / ADAPTER, out_dir, dtype)
     model = load_model(base_model, "cpu", dtype)
-    load_weights(model, str(checkpoint_dir / WEIGHTS))
+    latent = input_format.pooling == "latent_attention"
+    if latent:  # its weights come from the checkpoint
+        attach_latent_pool(model, input_format.latents, input_format.latent_heads)
+    if (checkpoint_dir / ADAPTER).exists():
+        model = PeftModel.from_pretrained(model, str(checkpoint_dir / ADAPTER)).merge_and_unload()
+    else:
+        load_weights(model, str(checkpoint_dir / WEIGHTS))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if latent:
+        save_latent_pool(model, out_dir)
     model.save_pretrained(out_dir)
     load_processor(base_model).save_pretrained(out_dir)
+    logger.info("exported %s (+ %s) to %s", base_model, checkpoint_dir, out_dir)
     return out_dir

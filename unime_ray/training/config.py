@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from unime_ray.config import StrictModel
-from unime_ray.models.settings import EngineSettings, PixelBudget
+from unime_ray.models.settings import EmbeddingChanges, EngineSettings, PixelBudget
 from unime_ray.training.lora import LoraSettings
 
 
@@ -44,7 +44,7 @@ class CheckpointSettings(StrictModel):
                               "controller takes one report per poll (2 s), so reporting every step paces training")
 
 
-class TrainJobConfig(PixelBudget):
+class TrainJobConfig(EmbeddingChanges, PixelBudget):
     """What every trainer's job takes: model, data, optimizer, scaling, checkpoints, export."""
 
     output_dir: str = Field("out/train", description="Ray Train storage, logs and the exported model")
@@ -108,3 +108,10 @@ class TrainRerankerConfig(TrainJobConfig):
     @property
     def negatives_needed(self) -> int:
         return self.list_size - 1
+
+    @model_validator(mode="after")
+    def _no_embedding_changes(self):
+        if self.pooling is not None or self.bidirectional is not None:
+            raise ValueError("pooling and bidirectional are an embedder's: the reranker reads its answer from the "
+                             "language model's head, causally, as the judge does")
+        return self

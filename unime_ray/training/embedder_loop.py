@@ -10,12 +10,16 @@ from unime_ray.training.loop import load_trainable_model, run_training, setup_wo
 
 
 def load_trainable_embedder(cfg: TrainEmbedderConfig):
-    """Backbone + LoRA as an ``Embedder``."""
-    from unime_ray.models.embedder import Embedder
+    """Backbone + LoRA as an ``Embedder``, bidirectional and with a latent-attention layer
+    (trained whole) where its input format says so."""
+    from unime_ray.models.embedder import Embedder, prepare_model
     from unime_ray.models.formats import resolve_input_format
+    from unime_ray.models.pooling import LATENT_POOL
 
-    processor, model = load_trainable_model(cfg)
-    return Embedder(processor, model, cfg.device, resolve_input_format(cfg.model, cfg.format))
+    fmt = resolve_input_format(cfg.model, cfg.format, cfg.pooling, cfg.bidirectional)
+    processor, model = load_trainable_model(cfg, lambda backbone: prepare_model(backbone, fmt, cfg.model, train=True),
+                                            [LATENT_POOL] if fmt.pooling == "latent_attention" else None)
+    return Embedder(processor, model, cfg.device, fmt)
 
 
 def train_embedder_loop(config: dict) -> None:

@@ -77,9 +77,10 @@ def run_training_job(config_class: type[TrainJobConfig], loop: Callable[[dict], 
     result = build_trainer(loop, cfg, records_dataset(cfg)).fit()
     summary = {"metrics": result.metrics, "checkpoint": str(latest_checkpoint_dir(result))}
     if cfg.export:
-        exported = export_checkpoint(cfg.model, latest_checkpoint_dir(result), out / "model", cfg.dtype)
         # The formats it was trained with, so that every job reads it back exactly so.
-        record_format(exported, *resolve_formats(cfg.model, cfg.format))
+        formats = resolve_formats(cfg.model, cfg.format, cfg.pooling, cfg.bidirectional)
+        exported = export_checkpoint(cfg.model, latest_checkpoint_dir(result), out / "model", cfg.dtype, formats[0])
+        record_format(exported, *formats)
         summary["model"] = str(exported)
     (out / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
     print(json.dumps(summary, indent=1, default=str))

@@ -46,17 +46,21 @@ def setup_worker(cfg: TrainJobConfig) -> int:
     return ray.train.get_context().get_world_rank()
 
 
-def load_trainable_model(cfg: TrainJobConfig):
+def load_trainable_model(cfg: TrainJobConfig, prepare: Callable[[torch.nn.Module], None] | None = None,
+                         modules_to_save: list[str] | None = None):
     """(processor, backbone + LoRA, or the whole backbone with ``finetune=full``, in train
-    mode). The seed is shared by all workers so that their adapters start identical (data
-    parallelism keeps them so)."""
+    mode). ``prepare`` changes the backbone first (e.g. adds a layer, then named in
+    ``modules_to_save`` to train it whole beside the adapters). The seed is shared by all
+    workers so that their weights start identical (data parallelism keeps them so)."""
     from unime_ray.models.loading import load_model, load_processor
     from unime_ray.training.lora import apply_lora
 
     torch.manual_seed(cfg.seed)
     model = load_model(cfg.model, cfg.device, cfg.dtype)
+    if prepare is not None:
+        prepare(model)
     if cfg.finetune == "lora":
-        model = apply_lora(model, cfg.lora)
+        model = apply_lora(model, cfg.lora, modules_to_save)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()

@@ -1,4 +1,4 @@
-"""LoRA (peft) on the language model of a multimodal backbone, and merging it back.
+"""LoRA (peft) on the language model of a multimodal backbone.
 
 Adapters go on the language model's attention and MLP projections only: the regex
 names ``language_model``, so vision towers that use the same projection names (LLaVA's
@@ -8,7 +8,6 @@ CLIP/SigLIP) stay frozen, and so does every non-adapter weight.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from pydantic import Field
 
@@ -31,12 +30,14 @@ def target_regex(modules: list[str]) -> str:
     return rf".*language_model.*\.({'|'.join(modules)})"
 
 
-def apply_lora(model, settings: LoraSettings):
-    """Wrap ``model`` with trainable adapters; everything else is frozen."""
+def apply_lora(model, settings: LoraSettings, modules_to_save: list[str] | None = None):
+    """Wrap ``model`` with trainable adapters; everything else is frozen, except the
+    ``modules_to_save`` (trained whole, saved with the adapter: a latent-attention layer)."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        use_dora=settings.dora, target_modules=target_regex(settings.modules))
+                        use_dora=settings.dora, target_modules=target_regex(settings.modules),
+                        modules_to_save=modules_to_save)
     peft_model = get_peft_model(model, config)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in peft_model.parameters())
@@ -45,19 +46,3 @@ def apply_lora(model, settings: LoraSettings):
     return peft_model
 
 
-def export_merged(base_model: str, adapter_dir: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
-    """Merge an adapter into its base and save a plain model directory (with processor).
-
-    The result loads like any checkpoint: the mining job, the evaluator and the serving
-    app take it as ``model``, so a trained embedder can drive the next round of mining.
-    """
-    from peft import PeftModel
-
-    from unime_ray.models.loading import load_model, load_processor
-
-    merged = PeftModel.from_pretrained(load_model(base_model, "cpu", dtype), str(adapter_dir)).merge_and_unload()
-    out = Path(out_dir)
-    merged.save_pretrained(out)
-    load_processor(base_model).save_pretrained(out)
-    logger.info("merged %s + %s into %s", base_model, adapter_dir, out)
-    return out

@@ -18,7 +18,7 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
-from unime_ray.models.embedder import last_token_index
+from unime_ray.models.pooling import last_token_index
 from unime_ray.models.formats import DEFAULT_PROMPT_FORMAT, PromptFormat
 from unime_ray.models.inputs import encode, render
 from unime_ray.models.reranker import listwise_answer, listwise_images
