@@ -176,6 +176,7 @@ def main(argv=None) -> dict:
     from unime_ray.mining.config import MineConfig
     from unime_ray.replication.tables import arm_summary, delta_table, markdown_table
     from unime_ray.training.config import TrainEmbedderConfig
+    from unime_ray.training.merge import MergeConfig, merge_models
 
     cfg = parse_job_args(ReplicateConfig, argv, __doc__.splitlines()[0])
     out = Path(cfg.output_dir).resolve()
@@ -223,10 +224,22 @@ def main(argv=None) -> dict:
                                            [*cfg.mine, *arm.select, f"reuse_from={mined1}"], judge=judge / "model"))
         for seed in cfg.seeds:
             run = runs[arm.name, seed]
-            steps.run(f"round 1: {arm.name}, seed {seed}", run / "train_summary.json",
-                      lambda run=run, arm=arm, seed=seed: train(
-                          "embedder", run, e0 / "model", records[arm.name],
-                          [*cfg.arm_common, *arm.overrides, f"seed={seed}"]))
+            if arm.merge is None:
+                steps.run(f"round 1: {arm.name}, seed {seed}", run / "train_summary.json",
+                          lambda run=run, arm=arm, seed=seed: train(
+                              "embedder", run, e0 / "model", records[arm.name],
+                              [*cfg.arm_common, *arm.overrides, f"seed={seed}"]))
+                continue
+            for group, names in arm.merge.groups.items():  # one embedder per group, then merged
+                steps.run(f"round 1: {arm.name}/{group}, seed {seed}", run / group / "train_summary.json",
+                          lambda run=run, arm=arm, seed=seed, group=group, names=names: train(
+                              "embedder", run / group, e0 / "model", records[arm.name],
+                              [*cfg.arm_common, *arm.overrides, f"seed={seed}", f"data.datasets=[{', '.join(names)}]"]))
+            steps.run(f"round 1: {arm.name} merged, seed {seed}", run / "model" / "merge.json",
+                      lambda run=run, arm=arm: merge_models(MergeConfig(
+                          output_dir=str(run / "model"), base=str(e0 / "model"), method=arm.merge.method,
+                          models=[str(run / group / "model") for group in arm.merge.groups],
+                          weights=arm.merge.weights)))
     reranker1 = out / "round1/reranker"
     steps.run("round 1: train the reranker from J", reranker1 / "train_summary.json",
               lambda: train("reranker", reranker1, judge / "model", mined1, cfg.round1_reranker))
@@ -268,7 +281,10 @@ def main(argv=None) -> dict:
         "training_records": {name: records_profile(path, arm_training) for name, path in (
             ("round1_mined", mined1), ("labels_judged", pairs0), *reselected.items())},
         "losses": {"E0": loss_curve(e0), "J": loss_curve(judge), "round1_reranker": loss_curve(reranker1),
-                   **{f"{name}/seed{seed}": loss_curve(run) for (name, seed), run in runs.items()}},
+                   **{f"{name}/seed{seed}": loss_curve(run) for (name, seed), run in runs.items()
+                      if (run / "metrics.jsonl").exists()},
+                   **{f"{arm.name}/seed{seed}/{group}": loss_curve(runs[arm.name, seed] / group)
+                      for arm in cfg.arms if arm.merge for seed in cfg.seeds for group in arm.merge.groups}},
         "arms": arms,
         "neighbours": neighbours,
         "tables": {"meta_tasks": markdown_table(arms, "meta_tasks"), "tasks": markdown_table(arms, "tasks"),

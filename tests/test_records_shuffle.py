@@ -25,7 +25,7 @@ def sorted_records(tmp_path):
     """4 datasets x 128 records, dataset after dataset (as a corpus often is), in 2 shards."""
     from unime_ray.training.records import RECORD_COLUMNS
 
-    rows = [{"query_id": f"{d}:{i:03d}"} for d in "abcd" for i in range(128)]
+    rows = [{"query_id": f"{d}:{i:03d}", "dataset": d} for d in "abcd" for i in range(128)]
     table = pa.Table.from_pylist(rows)
     for column in RECORD_COLUMNS:
         if column not in table.column_names:
@@ -36,10 +36,10 @@ def sorted_records(tmp_path):
     return str(tmp_path / "mined.parquet")
 
 
-def _config(mined: str, shuffle: str):
+def _config(mined: str, shuffle: str, datasets=None):
     from unime_ray.training.config import TrainEmbedderConfig
 
-    return TrainEmbedderConfig.model_validate({"data": {"mined": mined, "shuffle": shuffle}})
+    return TrainEmbedderConfig.model_validate({"data": {"mined": mined, "shuffle": shuffle, "datasets": datasets}})
 
 
 def test_global_shuffle_mixes_tasks_across_the_whole_set(local_ray, sorted_records):
@@ -72,3 +72,12 @@ def test_global_order_is_reproducible_and_epochs_differ(local_ray, sorted_record
     for _ in range(20):
         next(skipped)
     assert [[r["query_id"] for r in next(skipped)] for _ in range(108)] == first[20:]
+
+
+def test_training_can_keep_some_datasets_only(local_ray, sorted_records):
+    from unime_ray.training.job import records_dataset
+    from unime_ray.training.records import RECORD_COLUMNS
+
+    rows = records_dataset(_config(sorted_records, "global", ["b", "d"])).take_all()
+    assert len(rows) == 256 and {r["query_id"].split(":")[0] for r in rows} == {"b", "d"}
+    assert set(rows[0]) == set(RECORD_COLUMNS)  # the trainers' columns, as without the filter

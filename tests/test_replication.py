@@ -159,7 +159,11 @@ def test_the_replication_config_and_every_override_it_passes_are_valid():
         assert arm.table == "neighbours" and arm.records == "mined", arm.name
         load_config(MineConfig, REPO / "configs/mine.yaml", [*cfg.mine, *arm.select, "judge.labels=x.parquet"])
         changed = {k for k, v in arms[arm.name].model_dump().items() if v != reference[k]}
-        assert (changed == set() and arm.select) or (len(changed) == 1 and not arm.select), (arm.name, changed)
+        assert (changed == set() and bool(arm.select) != bool(arm.merge)) or (
+            len(changed) == 1 and not arm.select and not arm.merge), (arm.name, changed)
+        for names in (arm.merge.groups.values() if arm.merge else []):  # each group's training config
+            load_config(TrainEmbedderConfig, REPO / "configs/train_embedder.yaml",
+                        [*cfg.arm_common, *arm.overrides, f"data.datasets=[{', '.join(names)}]"])
     with pytest.raises(ValueError, match="select.\\* overrides only"):
         ArmConfig(name="x", label="x", overrides=[], select=["judge.batch_size=2"])
     reranker = load_config(TrainRerankerConfig, REPO / "configs/train_reranker.yaml", cfg.round1_reranker)

@@ -10,6 +10,15 @@ from pydantic import Field, model_validator
 from unime_ray.config import StrictModel
 
 
+class MergeArm(StrictModel):
+    """An arm made by merging: one embedder per group of datasets, then merged
+    (``python -m unime_ray.training.merge``), against joint training on every dataset."""
+
+    groups: dict[str, list[str]] = Field(min_length=2, description="group name -> the datasets its embedder trains on")
+    method: Literal["linear", "task_arithmetic"] = Field("linear", description="how the group embedders combine")
+    weights: list[float] | None = Field(None, description="one per group; default 1/n each")
+
+
 class ArmConfig(StrictModel):
     name: str = Field(pattern=r"^[a-z0-9_]+$", description="the arm's directory name")
     label: str = Field(description="the arm's name in tables")
@@ -20,6 +29,7 @@ class ArmConfig(StrictModel):
     table: Literal["paper", "neighbours"] = Field(
         "paper", description="paper: the main table's columns; neighbours: a row of the neighbouring methods' "
                              "table, with its difference from neighbours_baseline")
+    merge: MergeArm | None = Field(None, description="train one embedder per group of datasets and merge them")
     select: list[str] = Field([], description="mining select.* overrides: the records are re-selected from the same "
                                               "judged pairs (only the selection stage runs again)")
 

@@ -18,6 +18,9 @@ class DataSettings(StrictModel):
     shuffle: Literal["global", "local"] = Field(
         "global", description="global: a seeded Ray Data random_shuffle before the workers' split, so batches mix "
                               "tasks; local: only each worker's shuffle buffer")
+    datasets: list[str] | None = Field(
+        None, min_length=1, description="train on the records of these datasets only (e.g. one meta-task, for "
+                                        "model merging); None: all")
 
 
 class ScalingSettings(StrictModel):

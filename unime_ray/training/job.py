@@ -53,10 +53,19 @@ def records_dataset(cfg: TrainJobConfig):
     buffers (``records.record_batches``)."""
     import ray.data
 
-    dataset = ray.data.read_parquet(cfg.data.mined, columns=RECORD_COLUMNS)
+    dataset = ray.data.read_parquet(cfg.data.mined, columns=RECORD_COLUMNS + ["dataset"] * bool(cfg.data.datasets))
     # Files are read in parallel: without a fixed read order the seeded shuffle would not repeat.
     dataset.context.execution_options.preserve_order = True
+    if cfg.data.datasets:
+        dataset = dataset.map_batches(_of_datasets, fn_kwargs={"names": cfg.data.datasets}, batch_format="pyarrow")
     return dataset.random_shuffle(seed=cfg.seed) if cfg.data.shuffle == "global" else dataset
+
+
+def _of_datasets(batch, names: list[str]):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return batch.filter(pc.is_in(batch["dataset"], value_set=pa.array(names, pa.string()))).drop_columns(["dataset"])
 
 
 def run_training_job(config_class: type[TrainJobConfig], loop: Callable[[dict], None], argv=None,
@@ -74,7 +83,10 @@ def run_training_job(config_class: type[TrainJobConfig], loop: Callable[[dict], 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     check_negatives(cfg.data.mined, cfg.negatives_needed)
-    result = build_trainer(loop, cfg, records_dataset(cfg)).fit()
+    records = records_dataset(cfg)
+    if cfg.data.datasets and not records.count():
+        raise SystemExit(f"{cfg.data.mined} has no record of data.datasets={cfg.data.datasets}")
+    result = build_trainer(loop, cfg, records).fit()
     summary = {"metrics": result.metrics, "checkpoint": str(latest_checkpoint_dir(result))}
     if cfg.export:
         # The formats it was trained with, so that every job reads it back exactly so.
