@@ -104,3 +104,17 @@ def test_a_new_output_directory_reuses_finished_stages_and_runs_the_rest(tmp_pat
     Manifest(dest).run("a", "fp-a2", build)  # a's settings changed: rebuilt in dest, the source's left alone
     assert (dest / "stages" / "a" / "x.txt").read_text() == "second" and not (dest / "stages" / "a").is_symlink()
     assert (source / "stages" / "a" / "x.txt").read_text() == "first"
+
+
+def test_a_reading_option_enters_a_stage_fingerprint_once_it_is_set():
+    """None (the checkpoint's own format, pooling, attention) is left out, so stages recorded
+    before an option existed still match; set, it reruns the stage that reads with it."""
+    from unime_ray.mining.config import MineConfig
+    from unime_ray.mining.pipeline import stage_settings
+
+    default = MineConfig()
+    assert not {"format", "pooling", "bidirectional"} & set(stage_settings(default.embed))
+    assert stage_settings(default.judge, {"model", "format"}) == {"model": default.judge.model}
+    changed = MineConfig.model_validate({"embed": {"pooling": "mean"}, "judge": {"format": "unime-v2"}})
+    assert stage_settings(changed.embed)["pooling"] == "mean"
+    assert stage_settings(changed.judge, {"model", "format"}) == {"model": default.judge.model, "format": "unime-v2"}

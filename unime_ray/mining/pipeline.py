@@ -149,6 +149,17 @@ def stage_select(config: MineConfig, judge_dir: Path, out: Path) -> dict:
     return {"records": records, "rejected": rejected, **totals}
 
 
+# How a model reads its input, each None unless set (None: the checkpoint's own). Left out of
+# fingerprints while None, so that stages recorded before an option existed still match.
+READING_OPTIONS = ("format", "pooling", "bidirectional")
+
+
+def stage_settings(section, include: set[str] | None = None) -> dict:
+    """A config section as a stage's fingerprint sees it."""
+    unset = {name for name in READING_OPTIONS if name in type(section).model_fields and getattr(section, name) is None}
+    return section.model_dump(mode="json", include=include, exclude=unset)
+
+
 def run_mining(config: MineConfig) -> dict:
     """Run (or resume) the whole job on the connected Ray cluster; returns the summary."""
     import ray.data
@@ -173,12 +184,12 @@ def run_mining(config: MineConfig) -> dict:
                               config.max_reject_fraction, stage_name)
 
     fp_corpus = fingerprint(dump(config.corpus), path_signature(config.corpus.path))
-    fp_embed = fingerprint(fp_corpus, dump(config.embed), path_signature(config.embed.model))
+    fp_embed = fingerprint(fp_corpus, stage_settings(config.embed), path_signature(config.embed.model))
     fp_retrieve = fingerprint(fp_embed, dump(config.retrieval))
     fp_pairs = fingerprint(fp_retrieve)
-    fp_judge = fingerprint(fp_pairs, path_signature(j.model), path_signature(j.labels), j.model_dump(
-        mode="json", include={"backend", "model", "dtype", "max_model_len", "engine_kwargs", "cpu_engine_kwargs",
-                              "min_pixels", "max_pixels", "labels"}))
+    fp_judge = fingerprint(fp_pairs, path_signature(j.model), path_signature(j.labels), stage_settings(
+        j, {"backend", "model", "dtype", "max_model_len", "engine_kwargs", "cpu_engine_kwargs", "min_pixels",
+            "max_pixels", "labels", "format"}))
     fp_select = fingerprint(fp_judge, dump(config.select), config.output_dir)
     stage = manifest.stage_dir
 

@@ -18,6 +18,14 @@ class MergeArm(StrictModel):
     method: Literal["linear", "task_arithmetic"] = Field("linear", description="how the group embedders combine")
     weights: list[float] | None = Field(None, description="one per group; default 1/n each")
 
+    @model_validator(mode="after")
+    def _merges(self):
+        from unime_ray.training.merge import MergeConfig
+
+        # Checked when the config is read, not after every group has trained.
+        MergeConfig(base="base", models=list(self.groups), method=self.method, weights=self.weights)
+        return self
+
 
 class ArmConfig(StrictModel):
     name: str = Field(pattern=r"^[a-z0-9_]+$", description="the arm's directory name")
@@ -70,6 +78,11 @@ class ReplicateConfig(StrictModel):
         for field in ("rerank_arm", "neighbours_baseline"):
             if getattr(self, field) not in names:
                 raise ValueError(f"{field} {getattr(self, field)!r} is not an arm's name ({names})")
+        if next(arm for arm in self.arms if arm.name == self.neighbours_baseline).table != "paper":
+            raise ValueError(f"neighbours_baseline {self.neighbours_baseline!r} must be an arm of the paper's table")
+        labels = [arm.label for arm in self.arms]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"arm labels repeat: {labels}")
         if len(set(names)) != len(names):
             raise ValueError(f"arm names repeat: {names}")
         return self

@@ -113,7 +113,7 @@ def _load(path: str, base: str):
     if (Path(path) / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        fmt = resolve_input_format(base)
+        fmt = resolve_input_format(base)  # an adapter records no format: it reads as its base does
         if fmt.pooling == "latent_attention":
             raise ValueError(f"{path}: an adapter's latent-attention layer merges from the trainer's export only")
         return PeftModel.from_pretrained(load_model(base), path).merge_and_unload(), fmt
@@ -128,7 +128,7 @@ def merge_models(cfg: MergeConfig) -> Path:
     from unime_ray.models.embedder import prepare_model
     from unime_ray.models.formats import record_format, resolve_prompt_format
     from unime_ray.models.loading import load_model, load_processor
-    from unime_ray.models.pooling import LATENT_POOL, save_latent_pool
+    from unime_ray.models.pooling import LATENT_FILE, LATENT_POOL, save_latent_pool
 
     loaded = [_load(path, cfg.base) for path in cfg.models]
     formats = {fmt for _, fmt in loaded}
@@ -137,11 +137,12 @@ def merge_models(cfg: MergeConfig) -> Path:
                          f"{sorted(f.pooling for f in formats)}): merge models trained with one input format")
     fmt = formats.pop()
     base = load_model(cfg.base)
-    if fmt.pooling == "latent_attention":
-        if cfg.method != "linear" and not (Path(cfg.base) / "latent_attention.safetensors").is_file():
-            raise ValueError("the models' latent-attention layers have no common base to take task vectors from: "
-                             "use method=linear")
-        prepare_model(base, fmt, cfg.base, train=True)  # the base's layer, or a placeholder for linear merging
+    if fmt.pooling == "latent_attention" and cfg.method != "linear" and not (Path(cfg.base) / LATENT_FILE).is_file():
+        raise ValueError("the models' latent-attention layers have no common base to take task vectors from: "
+                         "use method=linear")
+    # As the models read: bidirectional, and the base's latent-attention layer (or, for linear
+    # merging, a placeholder that the weights summing to 1 cancel).
+    prepare_model(base, fmt, cfg.base, train=True)
     base_state = {k: v.detach() for k, v in base.state_dict().items()}
     vectors = task_vectors(base_state, [{k: v.detach() for k, v in m.state_dict().items()} for m, _ in loaded])
     weights = list(cfg.weights)
@@ -199,9 +200,12 @@ def self_position(model, base: StateDict, vectors: list[StateDict], weights: lis
     base = {k: v.to(device) for k, v in base.items()}
     vectors = [{k: v.to(device) for k, v in vector.items()} for vector in vectors]
     rng = np.random.default_rng(settings.seed)
+    # Each parameter once: a state dict lists tied weights (embeddings and LM head) under both names.
+    names = {name for name, _ in holder.named_parameters()} | {name for name, _ in holder.named_buffers()}
     for step in trange(settings.steps, desc="self positioning"):
         batch = [pairs[i] for i in rng.choice(len(pairs), settings.batch_size, replace=False)]
-        params = {f"embedder_model.{k}": v for k, v in combine(base, vectors, list(lam)).items()}
+        params = {f"embedder_model.{k}": v for k, v in combine(base, vectors, list(lam)).items()
+                  if f"embedder_model.{k}" in names}
         queries, positives = torch.func.functional_call(holder, params, ([q for q, _ in batch], [p for _, p in batch]))
         loss = info_nce_loss(queries, positives, settings.temperature)
         optimizer.zero_grad()
