@@ -45,6 +45,17 @@ def assert_same_gradients(expected: dict, actual: dict) -> None:
         assert (expected[name] - actual[name]).abs().max().item() <= 1e-5 * scale + 1e-9, name
 
 
+def perturb(module, seed: int, scale: float) -> None:
+    """Stands for training: every trainable parameter moves by seeded noise."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            if parameter.requires_grad:
+                parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
+
+
 def text_records() -> list[dict]:
     """Four mined records with text items only: four queries over six targets, which repeat
     across and within records."""

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import text_records
+from conftest import perturb, text_records
 
 from unime_ray.models.embedder import Embedder
 from unime_ray.models.formats import read_record, record_format, resolve_input_format
@@ -49,10 +49,7 @@ def test_merge_configs_are_checked():
 def _trained_copy(base: str, out, seed: int):
     """An export of ``base`` with every weight moved (stands for a fine-tuned model)."""
     model = load_model(base)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.02 * torch.randn(parameter.shape, generator=generator))
+    perturb(model, seed, 0.02)
     model.save_pretrained(out)
     load_processor(base).save_pretrained(out)
     record_format(out, resolve_input_format(base))
@@ -64,11 +61,7 @@ def _adapter(base: str, out, seed: int):
     from unime_ray.training.lora import LoraSettings, apply_lora
 
     model = apply_lora(load_model(base), LoraSettings(dora=False))
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.requires_grad:
-                parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    perturb(model, seed, 0.05)
     model.save_pretrained(out)
     return model.merge_and_unload()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import perturb
 
 from unime_ray.models.embedder import Embedder
 from unime_ray.models.formats import read_record, record_format, resolve_input_format
@@ -37,19 +38,10 @@ def test_latent_attention_by_hand():
     assert torch.allclose(layer(hidden, torch.tensor([[1, 1, 0]])), torch.tensor([[3.5, 3.0]]))
 
 
-def _perturbed(module: torch.nn.Module, seed: int) -> None:
-    """Stands for training: every trainable parameter moves."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in module.parameters():
-            if parameter.requires_grad:
-                parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
-
-
 def test_the_latent_layer_round_trips_bit_exactly(checkpoints, tmp_path):
     model = load_model(checkpoints["embedder"])
     layer = attach_latent_pool(model, latents=16, heads=2)
-    _perturbed(layer, 0)
+    perturb(layer, 0, 0.05)
     trained = {name: value.clone() for name, value in layer.state_dict().items()}
     save_latent_pool(model, tmp_path)
     assert not hasattr(model, LATENT_POOL)  # the model's own weights stay the architecture's
@@ -75,7 +67,7 @@ def test_a_latent_attention_embedder_exports_and_loads_as_trained(checkpoints, t
     # Trained whole, beside the adapters (peft keeps a frozen original beside the trained copy).
     layer = [p for name, p in trainable.latent_pool.named_parameters() if "original_module" not in name]
     assert layer and all(p.requires_grad for p in layer)
-    _perturbed(trainable.model, 1)  # the adapters (or every weight) and the layer
+    perturb(trainable.model, 1, 0.05)  # the adapters (or every weight) and the layer
     trainable.model.eval()
     expected = trainable.embed(ITEMS)
     optimizer = torch.optim.AdamW([p for p in trainable.model.parameters() if p.requires_grad], lr=1e-3)

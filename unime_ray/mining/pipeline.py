@@ -175,7 +175,6 @@ def run_mining(config: MineConfig) -> dict:
             raise ValueError(f"reuse_from={config.reuse_from}: no finished stage there (no manifest.json)")
         reuse_stages(config.reuse_from, output_dir, finished)
     manifest = Manifest(output_dir)
-    dump = lambda section: section.model_dump(mode="json")  # noqa: E731
     j = config.judge
     rows_in = 0
 
@@ -183,14 +182,14 @@ def run_mining(config: MineConfig) -> dict:
         check_reject_fraction([stage(name) / "rejects" for name in stages_with_rejects], rows_in,
                               config.max_reject_fraction, stage_name)
 
-    fp_corpus = fingerprint(dump(config.corpus), path_signature(config.corpus.path))
+    fp_corpus = fingerprint(stage_settings(config.corpus), path_signature(config.corpus.path))
     fp_embed = fingerprint(fp_corpus, stage_settings(config.embed), path_signature(config.embed.model))
-    fp_retrieve = fingerprint(fp_embed, dump(config.retrieval))
+    fp_retrieve = fingerprint(fp_embed, stage_settings(config.retrieval))
     fp_pairs = fingerprint(fp_retrieve)
     fp_judge = fingerprint(fp_pairs, path_signature(j.model), path_signature(j.labels), stage_settings(
         j, {"backend", "model", "dtype", "max_model_len", "engine_kwargs", "cpu_engine_kwargs", "min_pixels",
             "max_pixels", "labels", "format"}))
-    fp_select = fingerprint(fp_judge, dump(config.select), config.output_dir)
+    fp_select = fingerprint(fp_judge, stage_settings(config.select), config.output_dir)
     stage = manifest.stage_dir
 
     corpus = manifest.run("corpus", fp_corpus, lambda out: stage_corpus(config, out))

@@ -46,8 +46,10 @@ def select_record(row: dict, s, output_dir: str) -> dict:
     pick = select_hard_negatives(
         [scores[i] for i in ok], row["positive_score"], rule=s.rule, beta=s.beta, margin=s.margin,
         absolute_margin=s.absolute_margin, min_score=s.min_score, max_score=s.max_score, range_min=s.range_min,
-        range_max=s.range_max, ranks=ok, modality=s.modality, modalities=[modality(1 + i) for i in ok],
-        positive_modality=modality(0), other_modality_share=s.other_modality_share, k=s.k, step=s.step,
+        range_max=s.range_max, ranks=ok, modality=s.modality,
+        modalities=None if s.modality == "any" else [modality(1 + i) for i in ok],
+        positive_modality=None if s.modality == "any" else modality(0),
+        other_modality_share=s.other_modality_share, k=s.k, step=s.step,
         rng=seeded_rng(row["id"], s.seed))
     positive = _target(row, 0)
     negatives = [_target(row, 1 + ok[i]) for i in pick.indices]  # slot 0 is the positive
