@@ -129,14 +129,14 @@ def judge_quality(mined: Path, labels: Path, beta: float) -> dict:
         str(mined / "stages/judge/scores"), str(labels), beta))
 
 
-def records_profile(mined: Path, train) -> dict:
+def records_profile(mined: Path, train, labels: Path) -> dict:
     """In a Ray task, as ``judge_quality``: what an arm with the training config ``train`` trains on."""
     import ray
 
     from unime_ray.replication.judge_quality import records_profile_of_run
 
     return ray.get(ray.remote(records_profile_of_run).options(num_cpus=0.5).remote(
-        str(mined / "mined.parquet"), train.num_negatives, train.temperature))
+        str(mined / "mined.parquet"), train.num_negatives, train.temperature, str(labels)))
 
 
 def loss_curve(train_dir: Path) -> dict:
@@ -278,8 +278,9 @@ def main(argv=None) -> dict:
             "queries_in", "targets_in", "pairs_judged", "records", "false_negatives_dropped", "negatives_kept",
             "fallbacks_used")} for name, summary in summaries.items()},
         "judge_quality_round1": judge_quality(mined1, train_corpus / LABELS_FILE, beta),
-        "training_records": {name: records_profile(path, arm_training) for name, path in (
-            ("round1_mined", mined1), ("labels_judged", pairs0), *reselected.items())},
+        "training_records": {
+            name: records_profile(path, arm_training, train_corpus / LABELS_FILE) for name, path in (
+                ("round1_mined", mined1), ("labels_judged", pairs0), *reselected.items())},
         "losses": {"E0": loss_curve(e0), "J": loss_curve(judge), "round1_reranker": loss_curve(reranker1),
                    **{f"{name}/seed{seed}": loss_curve(run) for (name, seed), run in runs.items()
                       if (run / "metrics.jsonl").exists()},

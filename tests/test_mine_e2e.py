@@ -209,3 +209,41 @@ def test_too_many_rejected_rows_fail_the_job_with_the_count_and_reasons(ray_head
     assert f"cannot be decoded: {corrupt}" in message[4]
     # What was finished stays recorded: a rerun resumes after the corpus stage.
     assert "corpus" in json.loads((tmp_path / "out" / "manifest.json").read_text())["stages"]
+
+
+def test_the_adaptive_margin_reselects_the_judged_pairs_by_similarity_to_the_positive(
+        ray_head, planted_corpus, checkpoints, first_run, tmp_path):
+    """Only the selection reruns (the session run's stages reused); each candidate's
+    similarity to its positive comes from the embed stage's vectors, here checked in numpy."""
+    from unime_ray.dataplane.tensors import vectors
+
+    out, base, scale = tmp_path / "adaptive", 0.01, 0.5
+    done = submit_mining(ray_head, planted_corpus, checkpoints, out, overrides=[
+        "select.rule=adaptive_margin", f"select.adaptive_base={base}", f"select.adaptive_scale={scale}",
+        f"reuse_from={first_run}"])
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert {name for name in json.loads((out / "manifest.json").read_text())["stages"]
+            if not (out / "stages" / name).is_symlink()} == {"select"}
+    targets = pq.read_table(first_run / "stages/embed/targets", columns=["id", "embedding"])
+    embedding = dict(zip(targets["id"].to_pylist(), vectors(targets["embedding"])))
+    judged = {r["id"]: r for r in pq.read_table(first_run / "stages/judge/scores", columns=[
+        "id", "target_ids", "positive_score", "candidate_scores", "error"]).to_pylist()}
+    records = pq.read_table(out / "mined.parquet").to_pylist()
+    expected_drops = 0
+    for record in records:
+        row = judged[record["query_id"]]
+        positive = embedding[row["target_ids"][0]]
+        margin = {t: base + scale * max(0.0, float(embedding[t] @ positive)) for t in row["target_ids"][1:]}
+        scored = [(t, s) for t, s in zip(row["target_ids"][1:], row["candidate_scores"]) if s is not None]
+        threshold = {t: row["positive_score"] - margin[t] for t, _ in scored}
+        assert all(abs(s - threshold[t]) > 1e-5 for t, s in scored)  # float32 cosines cannot tip one over
+        dropped = {t for t, s in scored if s > threshold[t]}
+        expected_drops += len(dropped)
+        assert record["false_negatives_dropped"] == len(dropped), record["query_id"]
+        if not record["used_fallback"]:
+            assert not dropped & set(record["neg_ids"]), record["query_id"]
+    beta_run = json.loads((first_run / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["records"] == beta_run["records"] and summary["false_negatives_dropped"] == expected_drops
+    # Not trivial: the adaptive margin drops more than the beta rule on the same scores.
+    assert expected_drops > beta_run["false_negatives_dropped"]

@@ -62,6 +62,9 @@ def test_records_profile_by_hand():
     profile = records_profile(records, num_negatives=2, temperature=0.02)
     assert profile["negatives_of_the_positives_kind"] == pytest.approx((1 / 2 + 2 / 2) / 2)  # the first 2 only
     assert profile["soft_label_positive_mass_median"] == pytest.approx((1 / (1 + np.exp(-1)) + 1.0) / 2, abs=1e-6)
+    assert "false_negatives_by_label" not in profile
+    labelled = records_profile(records, num_negatives=2, temperature=0.02, labels={"img:1": "1", "img:2": "1"})
+    assert labelled["false_negatives_by_label"] == pytest.approx((0 + 1 / 2) / 2)  # img:2 shares img:1's label
 
 
 def test_label_scores():

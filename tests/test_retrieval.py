@@ -8,8 +8,8 @@ import pytest
 from unime_ray.dataplane.tensors import tensor_column
 from unime_ray.retrieval.config import RetrievalConfig
 from unime_ray.retrieval.index import PAD_KEY, merge_topk
-from unime_ray.retrieval.shards import (IndexShard, fetch_size, search_batch, search_dataset, shard_files,
-                                        start_shards)
+from unime_ray.retrieval.shards import (IndexShard, anchor_similarities, build_shards, fetch_size, kill_actors,
+                                        search_batch, search_dataset, shard_files, start_shards)
 
 
 @pytest.fixture(scope="module")
@@ -216,3 +216,24 @@ def test_ivfpq_refuses_a_sub_quantizer_count_that_does_not_divide_the_dimension(
     shard = IndexShard(RetrievalConfig(index="ivfpq", pq_m=5).model_dump())
     with pytest.raises(ValueError, match="does not divide"):
         shard.build(shard_files(tmp_path / "emb", 1)[0])
+
+
+def test_similarities_to_an_anchor_read_across_shards_equal_numpy(tmp_path, local_ray):
+    rng = np.random.default_rng(11)
+    targets = _normalised(rng, 30, 8)
+    _write_targets(tmp_path / "emb", targets, files=6, failed={4})
+    anchors = pa.array(["t0", "t17", "t4", "t29"])  # t4 failed to embed: not indexed
+    items = pa.array([["t6", "t12", "t2"], ["t0", "nope"], ["t3"], []], pa.list_(pa.string()))
+    per_shards = {}
+    for num_shards in (1, 3, 7):  # 7 shards over 6 files: one holds nothing
+        shards, indexed = build_shards(RetrievalConfig(num_shards=num_shards, num_cpus=0.25), tmp_path / "emb")
+        per_shards[num_shards] = anchor_similarities(anchors, items, shards).to_pylist()
+        kill_actors(shards)
+        assert indexed == 29
+    cos = lambda a, b: float(targets[a] @ targets[b])  # noqa: E731
+    expected = [[cos(0, 6), cos(0, 12), cos(0, 2)], [cos(17, 0), None], [None], []]
+    for got in per_shards.values():
+        assert [[None if v is None else pytest.approx(v, abs=1e-6) for v in row] for row in expected] == got
+    # Not trivial: over 3 shards (5 targets a file, files dealt round-robin), t0, t6 and t12 are in three.
+    shard_of = {f"t{i}": n % 3 for n in range(6) for i in range(5 * n, 5 * n + 5)}
+    assert len({shard_of[t] for t in ("t0", "t6", "t12")}) == 3

@@ -8,6 +8,7 @@ from unime_ray.mining.select import (
     cyclic_order,
     cyclic_sample,
     item_modality,
+    keep_adaptive_margin,
     keep_below_positive,
     keep_rank_window,
     keep_relative_margin,
@@ -104,6 +105,26 @@ def test_rank_window_counts_retrieval_ranks_not_positions():
     assert pick.indices == [1, 2] and pick.scores == [0.2, 0.3] and pick.dropped == 1
 
 
+def test_adaptive_margin_grows_with_the_candidates_similarity_to_the_positive():
+    # s_pos = 0.9, base 0.05, scale 0.2: margins 0.05 (cos -0.5, clipped to 0), 0.15 (cos 0.5), 0.25 (cos 1),
+    # so thresholds 0.85, 0.75 and 0.65: one score under and one over each.
+    keep = keep_adaptive_margin(np.array([0.84, 0.86, 0.74, 0.76, 0.64, 0.66]), 0.9,
+                                [-0.5, -0.5, 0.5, 0.5, 1.0, 1.0], base=0.05, scale=0.2)
+    assert keep.tolist() == [True, False, True, False, True, False]
+    scores, sims = [0.7, 0.7, 0.3], [0.9, 0.1, 0.95]
+    pick = select_hard_negatives(scores, 0.9, rule="adaptive_margin", positive_sims=sims, adaptive_base=0.01,
+                                 adaptive_scale=0.2, k=2, step=1)
+    # Margins 0.01 + 0.2 x 0.9 = 0.19 and 0.03: 0.7 <= 0.71 and 0.7 <= 0.87, both kept ...
+    assert pick.indices == [0, 1] and pick.dropped == 0
+    # ... a scale of 0.3 drops the first (0.7 > 0.9 - 0.28), not the second (0.7 <= 0.9 - 0.04).
+    tighter = select_hard_negatives(scores, 0.9, rule="adaptive_margin", positive_sims=sims, adaptive_base=0.01,
+                                    adaptive_scale=0.3, k=2, step=1)
+    assert tighter.indices == [1, 2] and tighter.dropped == 1
+    assert select_hard_negatives(scores, 0.9, rule="beta", k=2, step=1).indices == [0, 1]  # the beta rule keeps it
+    with pytest.raises(ValueError, match="similarities"):
+        select_hard_negatives(scores, 0.9, rule="adaptive_margin", k=2)
+
+
 def test_window_bounds_are_checked_when_the_config_is_parsed():
     from unime_ray.mining.config import SelectConfig
 
@@ -173,3 +194,22 @@ def test_the_selection_stage_reads_each_candidates_modality_from_its_row(tmp_pat
     # Images: img:a (bytes) and img:c (a path; not judged: left out); pair:b is text+image.
     assert pick["neg_ids"] == ["img:a", "img:a"] and pick["pairs_failed"] == 1
     assert select_record(row, SelectConfig(k=3, step=1), str(tmp_path))["neg_ids"] == ["ans:red", "img:a", "pair:b"]
+
+
+def test_the_selection_stage_reads_similarities_to_the_positive_and_names_a_positive_without_one(tmp_path):
+    from unime_ray.mining.config import SelectConfig
+    from unime_ray.mining.select_stage import select_record
+
+    ids = ["img:pos", "img:a", "img:b", "img:c"]
+    row = {"id": "q", "dataset": "d", "instruction": None, "text": "a red circle", "image": None, "image_path": None,
+           "error": None, "positive_score": 0.9, "candidate_scores": [0.7, None, 0.7], "target_ids": ids,
+           "target_instructions": [None] * 4, "target_texts": [None] * 4, "target_images": [None] * 4,
+           "target_image_paths": ["p.png", "a.png", "b.png", "c.png"], "candidate_positive_sims": [0.95, None, 0.1]}
+    config = SelectConfig(rule="adaptive_margin", adaptive_scale=0.3, k=2, step=1)
+    pick = select_record(row, config, str(tmp_path))
+    # img:a is close to the positive (margin 0.295): dropped; img:b was not judged; img:c kept.
+    assert pick["neg_ids"] == ["img:c", "img:c"] and pick["false_negatives_dropped"] == 1
+    unembedded = select_record({**row, "candidate_positive_sims": [None, None, None]}, config, str(tmp_path))
+    assert "img:pos" in unembedded["error"] and "no embedding" in unembedded["error"]
+    one_unmeasured = select_record({**row, "candidate_positive_sims": [0.95, None, None]}, config, str(tmp_path))
+    assert "img:c" in one_unmeasured["error"] and "img:a" not in one_unmeasured["error"]

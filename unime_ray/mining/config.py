@@ -26,7 +26,8 @@ class JudgeConfig(ActorConfig, PrepConfig, EngineSettings):
 
 class SelectConfig(StrictModel):
     rule: Rule = Field(
-        "beta", description="false-negative rule on the judge's scores (the rank window: on retrieval ranks)")
+        "beta", description="false-negative rule on the judge's scores (the rank window: on retrieval ranks; "
+                            "the adaptive margin: also on each candidate's similarity to the positive)")
     beta: float = Field(0.01, ge=0, description="beta rule: drop s_c > s_pos - beta")
     margin: float = Field(0.05, ge=0, lt=1, description="relative_margin rule: drop s_c > (1 - margin) * s_pos")
     absolute_margin: float = Field(0.1, ge=0, description="absolute_margin rule: drop s_c > s_pos - absolute_margin")
@@ -34,6 +35,11 @@ class SelectConfig(StrictModel):
     max_score: float = Field(0.5, ge=0, le=1, description="score_window rule: drop s_c > max_score")
     range_min: int = Field(5, ge=0, description="rank_window rule: drop the range_min nearest candidates")
     range_max: int | None = Field(None, ge=1, description="rank_window rule: drop retrieval ranks >= range_max")
+    adaptive_base: float = Field(
+        0.01, ge=0, description="adaptive_margin rule: the margin of a candidate unlike the positive")
+    adaptive_scale: float = Field(
+        0.2, ge=0, description="adaptive_margin rule: drop s_c > s_pos - (adaptive_base + adaptive_scale * "
+                               "max(0, cos(c, p))), cos from the embed stage's vectors")
     modality: Modality = Field(
         "any", description="any; target: only negatives of the positive's modality (text, image, text+image); "
                            "mixed: other_modality_share of the k from other modalities")

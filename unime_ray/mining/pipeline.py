@@ -29,8 +29,8 @@ from unime_ray.mining.config import MineConfig
 from unime_ray.mining.judge_stage import judge_dataset, pair_inputs
 from unime_ray.mining.label_judge import label_judge_dataset
 from unime_ray.mining.manifest import Manifest, fingerprint, path_signature, reuse_stages
-from unime_ray.mining.select_stage import RECORD_SCHEMA, SELECTED_SCHEMA, select_records
-from unime_ray.retrieval.shards import search_dataset, shard_files, start_shards
+from unime_ray.mining.select_stage import RECORD_SCHEMA, SELECTED_SCHEMA, select_records, with_positive_sims
+from unime_ray.retrieval.shards import build_shards, kill_actors, search_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -83,15 +83,13 @@ def stage_retrieve(config: MineConfig, embed_dir: Path, out: Path) -> dict:
         write_dataset(as_rejects(failed, name), out / "rejects" / name, REJECT_SCHEMA)
     rejected = count_rows(out / "rejects")
     metrics.inc("rows_rejected", rejected)
-    shards = start_shards(r)
-    files = shard_files(embed_dir / "targets", len(shards))
-    import ray
-
-    indexed = sum(ray.get([shard.build.remote(share) for shard, share in zip(shards, files)]))
-    queries = rows_where_error(read_dataset(embed_dir / "queries"), failed=False)
-    searched = write_dataset(search_dataset(queries, shards, r).drop_columns([ERROR_COLUMN]), out / "candidates")
-    for shard in shards:
-        ray.kill(shard)
+    shards, indexed = build_shards(r, embed_dir / "targets")
+    try:
+        queries = rows_where_error(read_dataset(embed_dir / "queries"), failed=False)
+        searched = write_dataset(search_dataset(queries, shards, r).drop_columns([ERROR_COLUMN]),
+                                 out / "candidates")
+    finally:
+        kill_actors(shards)
     if not indexed or not searched:
         raise RuntimeError(f"nothing to search: {searched} queries and {indexed} targets were embedded "
                            f"(see the embed stage's error column under {embed_dir})")
@@ -127,11 +125,25 @@ def stage_judge(config: MineConfig, pairs_dir: Path, image_root: str | None, out
             "prompt_tokens_this_run": sums["prompt_tokens"], "prefix_cache_hit_rate": rate}
 
 
-def stage_select(config: MineConfig, judge_dir: Path, out: Path) -> dict:
-    selected = read_dataset(judge_dir / "scores").map_batches(
-        select_records, fn_kwargs={"select": config.select, "output_dir": config.output_dir}, batch_size=64,
-        batch_format="pyarrow", num_cpus=0.25)
-    write_dataset(selected, out / "selected", SELECTED_SCHEMA)
+def stage_select(config: MineConfig, judge_dir: Path, embed_dir: Path, out: Path) -> dict:
+    """Judged rows -> records under ``config.select``'s rule. The adaptive margin reads each
+    candidate's similarity to its positive from exact (flat, CPU) shards of the embed
+    stage's target vectors, whatever index retrieval used."""
+    judged, shards, r = read_dataset(judge_dir / "scores"), [], config.retrieval
+    try:
+        if config.select.rule == "adaptive_margin":
+            # Flat shards hold every vector: a reservation sized for another index kind does not fit them.
+            flat = r.model_copy(update={"index": "flat", "use_gpu": False, "num_gpus": 0.0,
+                                        "memory": r.memory if r.index == "flat" else None})
+            shards, _ = build_shards(flat, embed_dir / "targets")
+            judged = judged.map_batches(with_positive_sims, fn_kwargs={"shards": shards}, batch_size=256,
+                                        batch_format="pyarrow", num_cpus=0.25)
+        selected = judged.map_batches(
+            select_records, fn_kwargs={"select": config.select, "output_dir": config.output_dir}, batch_size=64,
+            batch_format="pyarrow", num_cpus=0.25)
+        write_dataset(selected, out / "selected", SELECTED_SCHEMA)
+    finally:
+        kill_actors(shards)
     selected = read_dataset(out / "selected")
     records = write_dataset(rows_where_error(selected, failed=False).select_columns(RECORD_SCHEMA.names),
                             out / "mined", RECORD_SCHEMA)
@@ -189,7 +201,10 @@ def run_mining(config: MineConfig) -> dict:
     fp_judge = fingerprint(fp_pairs, path_signature(j.model), path_signature(j.labels), stage_settings(
         j, {"backend", "model", "dtype", "max_model_len", "engine_kwargs", "cpu_engine_kwargs", "min_pixels",
             "max_pixels", "labels", "format"}))
-    fp_select = fingerprint(fp_judge, stage_settings(config.select), config.output_dir)
+    select_settings = stage_settings(config.select)
+    if config.select.rule != "adaptive_margin":  # its settings enter only with it: older runs still match
+        select_settings = {k: v for k, v in select_settings.items() if not k.startswith("adaptive_")}
+    fp_select = fingerprint(fp_judge, select_settings, config.output_dir)
     stage = manifest.stage_dir
 
     corpus = manifest.run("corpus", fp_corpus, lambda out: stage_corpus(config, out))
@@ -204,7 +219,8 @@ def run_mining(config: MineConfig) -> dict:
     judge = manifest.run("judge", fp_judge, lambda out: stage_judge(config, stage("pairs"), image_root, out),
                          resumable=True)
     link_image_root(output_dir, image_root)
-    select = manifest.run("select", fp_select, lambda out: stage_select(config, stage("judge"), out))
+    select = manifest.run("select", fp_select,
+                          lambda out: stage_select(config, stage("judge"), stage("embed"), out))
     check_rejects("select", "corpus", "retrieve", "select")
 
     mined = publish({"mined": stage("select") / "mined"}, output_dir / "mined.parquet")

@@ -12,7 +12,7 @@ from typing import Literal, Sequence
 import numpy as np
 
 
-Rule = Literal["beta", "relative_margin", "absolute_margin", "score_window", "rank_window"]
+Rule = Literal["beta", "relative_margin", "absolute_margin", "score_window", "rank_window", "adaptive_margin"]
 Modality = Literal["any", "target", "mixed"]
 ITEM_MODALITIES = ("text", "image", "text+image")
 
@@ -41,6 +41,16 @@ def keep_rank_window(ranks: Sequence[int], range_min: int, range_max: int | None
     the likeliest false negatives, without reading the judge."""
     ranks = np.asarray(ranks, dtype=np.int64)
     return (ranks >= range_min) & (ranks < (np.iinfo(np.int64).max if range_max is None else range_max))
+
+
+def keep_adaptive_margin(scores: np.ndarray, positive_score: float, positive_sims: Sequence[float],
+                         base: float = 0.01, scale: float = 0.2) -> np.ndarray:
+    """An adaptive margin (after LG-ANNA): each candidate's margin under the positive grows
+    with its embedding similarity to the positive, m_c = base + scale * max(0, sim(c, p));
+    drop s_c > s_pos - m_c. A candidate close to the positive must score clearly below it
+    to count as a negative; a distant one needs only ``base`` (the beta rule's margin)."""
+    sims = np.asarray(positive_sims, dtype=np.float64)
+    return np.asarray(scores, dtype=np.float64) <= positive_score - (base + scale * np.maximum(sims, 0.0))
 
 
 def item_modality(text: str | None, has_image: bool) -> str:
@@ -92,6 +102,9 @@ def select_hard_negatives(
     range_min: int = 5,
     range_max: int | None = None,
     ranks: Sequence[int] | None = None,
+    positive_sims: Sequence[float] | None = None,
+    adaptive_base: float = 0.01,
+    adaptive_scale: float = 0.2,
     modality: Modality = "any",
     modalities: Sequence[str] | None = None,
     positive_modality: str | None = None,
@@ -102,7 +115,8 @@ def select_hard_negatives(
 ) -> Selection:
     """Filter false negatives by ``rule``, then by modality, then pick ``k`` by cyclical
     sampling (retrieval order kept). ``ranks`` are the candidates' retrieval ranks
-    (default: their positions); ``modalities`` each candidate's and ``positive_modality``
+    (default: their positions); ``positive_sims`` their embedding similarities to the
+    positive (``adaptive_margin``); ``modalities`` each candidate's and ``positive_modality``
     the positive's (``item_modality``), needed unless ``modality="any"``.
 
     Modality (MM-Embed): ``target`` keeps only candidates of the positive's modality;
@@ -124,6 +138,10 @@ def select_hard_negatives(
         keep = keep_score_window(scores, min_score, max_score)
     elif rule == "rank_window":
         keep = keep_rank_window(np.arange(scores.size) if ranks is None else ranks, range_min, range_max)
+    elif rule == "adaptive_margin":
+        if positive_sims is None:
+            raise ValueError("rule='adaptive_margin' needs the candidates' similarities to the positive")
+        keep = keep_adaptive_margin(scores, positive_score, positive_sims, adaptive_base, adaptive_scale)
     else:
         raise ValueError(f"unknown rule {rule!r}")
     dropped = int(scores.size - keep.sum())

@@ -7,10 +7,12 @@ target row, so records are written by the workers with no lookup.
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from unime_ray.data.image_refs import image_ref
 from unime_ray.mining.judge_stage import TARGET_FIELDS
 from unime_ray.mining.select import item_modality, select_hard_negatives
+from unime_ray.retrieval.shards import anchor_similarities
 from unime_ray.rng import seeded_rng
 
 RECORD_SCHEMA = pa.schema([
@@ -27,6 +29,10 @@ RECORD_SCHEMA = pa.schema([
 SELECTED_SCHEMA = RECORD_SCHEMA.append(pa.field("error", pa.string())).append(pa.field("pairs_failed", pa.int64()))
 
 
+# Beside the judged rows under the adaptive margin: each candidate's similarity to the positive.
+POSITIVE_SIMS = "candidate_positive_sims"
+
+
 def _target(row: dict, i: int) -> dict:
     return {c: row[field][i] for c, field in TARGET_FIELDS.items()}
 
@@ -41,12 +47,20 @@ def select_record(row: dict, s, output_dir: str) -> dict:
         return {**record, "error": row["error"]}
     if not ok:
         return {**record, "error": "no candidate could be judged"}
+    sims = row.get(POSITIVE_SIMS)
+    if s.rule == "adaptive_margin" and all(sims[i] is None for i in ok):
+        return {**record, "error": f"positive {row['target_ids'][0]!r} has no embedding (see the embed stage's "
+                                   "rejects): the adaptive margin measures candidates against it"}
+    unmeasured = [row["target_ids"][1 + i] for i in ok if s.rule == "adaptive_margin" and sims[i] is None]
+    if unmeasured:
+        return {**record, "error": f"candidates {unmeasured} have no embedding: the adaptive margin needs one"}
     modality = lambda i: item_modality(row["target_texts"][i], bool(  # noqa: E731
         row["target_images"][i] or row["target_image_paths"][i]))
     pick = select_hard_negatives(
         [scores[i] for i in ok], row["positive_score"], rule=s.rule, beta=s.beta, margin=s.margin,
         absolute_margin=s.absolute_margin, min_score=s.min_score, max_score=s.max_score, range_min=s.range_min,
-        range_max=s.range_max, ranks=ok, modality=s.modality,
+        range_max=s.range_max, ranks=ok, positive_sims=None if sims is None else [sims[i] for i in ok],
+        adaptive_base=s.adaptive_base, adaptive_scale=s.adaptive_scale, modality=s.modality,
         modalities=None if s.modality == "any" else [modality(1 + i) for i in ok],
         positive_modality=None if s.modality == "any" else modality(0),
         other_modality_share=s.other_modality_share, k=s.k, step=s.step,
@@ -63,6 +77,15 @@ def select_record(row: dict, s, output_dir: str) -> dict:
         "neg_texts": [n["text"] or "" for n in negatives], "neg_images": [ref(n) for n in negatives],
         "neg_scores": pick.scores, "used_fallback": pick.fallback, "false_negatives_dropped": pick.dropped,
     }
+
+
+def with_positive_sims(batch: pa.Table, shards: list) -> pa.Table:
+    """Judged rows (``target_ids``: the positive, then the candidates) -> the same rows plus
+    ``candidate_positive_sims``, each candidate's cosine similarity to the positive, read
+    from the index ``shards``' stored vectors (null where either has no embedding)."""
+    target_ids = batch["target_ids"].combine_chunks()  # never empty: the pairs stage puts the positive first
+    sims = anchor_similarities(pc.list_element(target_ids, 0), pc.list_slice(target_ids, 1), shards)
+    return batch.append_column(POSITIVE_SIMS, sims)
 
 
 def select_records(batch: pa.Table, select, output_dir: str) -> pa.Table:

@@ -93,23 +93,34 @@ def soft_label_mass(positive_score: float, negative_scores: list[float], tempera
     return float(weights[0] / weights.sum())
 
 
-def records_profile(records: list[dict], num_negatives: int, temperature: float) -> dict:
+def records_profile(records: list[dict], num_negatives: int, temperature: float,
+                    labels: dict[str, str] | None = None) -> dict:
     """What the embedder trains on, from mined records (``positive_id``, ``neg_ids``,
-    ``query_pos_score``, ``neg_scores``): the soft-label target's mass on the positive, and
-    the share of negatives of the positive's kind (the id's prefix: ``img:``, ``cap:``...),
-    which are the ones an evaluation's candidate lists hold."""
-    masses, same_kind = [], []
+    ``query_pos_score``, ``neg_scores``): the soft-label target's mass on the positive, the
+    share of negatives of the positive's kind (the id's prefix: ``img:``, ``cap:``...),
+    which are the ones an evaluation's candidate lists hold, and with ``labels`` the share
+    that are false negatives (the positive's label; an unlabelled target is its own)."""
+    masses, same_kind, false_negatives = [], [], []
     for r in records:
         negatives = r["neg_scores"][:num_negatives]
         masses.append(soft_label_mass(r["query_pos_score"], negatives, temperature))
         kind = r["positive_id"].split(":", 1)[0]
         same_kind.append(np.mean([n.split(":", 1)[0] == kind for n in r["neg_ids"][:num_negatives]]))
-    return {"soft_label_positive_mass_mean": float(np.mean(masses)),
-            "soft_label_positive_mass_median": float(np.median(masses)),
-            "negatives_of_the_positives_kind": float(np.mean(same_kind)), "records": len(records)}
+        if labels is not None:
+            wanted = labels.get(r["positive_id"], r["positive_id"])
+            false_negatives.append(np.mean([labels.get(n, n) == wanted for n in r["neg_ids"][:num_negatives]]))
+    profile = {"soft_label_positive_mass_mean": float(np.mean(masses)),
+               "soft_label_positive_mass_median": float(np.median(masses)),
+               "negatives_of_the_positives_kind": float(np.mean(same_kind)), "records": len(records)}
+    if labels is not None:
+        profile["false_negatives_by_label"] = float(np.mean(false_negatives))
+    return profile
 
 
-def records_profile_of_run(mined: str | Path, num_negatives: int, temperature: float) -> dict:
+def records_profile_of_run(mined: str | Path, num_negatives: int, temperature: float,
+                           labels_path: str | None = None) -> dict:
     """``records_profile`` of a mining run's records (``mined.parquet``)."""
+    from unime_ray.mining.label_judge import read_labels
+
     records = _read_rows(mined, ["positive_id", "neg_ids", "query_pos_score", "neg_scores"])
-    return records_profile(records, num_negatives, temperature)
+    return records_profile(records, num_negatives, temperature, read_labels(labels_path) if labels_path else None)

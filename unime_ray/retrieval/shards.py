@@ -71,6 +71,7 @@ class IndexShard:
         self.index = None
         self.keys = np.empty(0, np.int64)  # [size] by FAISS position
         self.ids = pa.array([], pa.string())  # [size] by FAISS position
+        self.positions = None  # id -> FAISS position (pandas Index), made at the first ``vectors`` call
 
     def _chunks(self, files: ShardFiles):
         """(vectors [n, d] float32, keys [n] int64, ids [n] string) of the valid rows,
@@ -167,6 +168,30 @@ class IndexShard:
         ids = np.where(padded, None, taken.to_numpy(zero_copy_only=False).reshape(n, want))
         return np.take_along_axis(scores, order, axis=1), np.take_along_axis(keys, order, axis=1), ids
 
+    def vectors(self, ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        """(held [n] bool, vectors [held.sum(), d] float32): the stored vectors of those
+        ``ids`` this shard indexes (exact for flat and hnsw, which keep them whole)."""
+        import pandas as pd
+
+        if self.positions is None:  # hashed once, not per call: target ids are unique (the corpus stage)
+            self.positions = pd.Index(self.ids.to_numpy(zero_copy_only=False))
+        positions = self.positions.get_indexer(ids.to_numpy(zero_copy_only=False))  # [n], -1: not here
+        held = positions >= 0
+        if not held.any():
+            return held, np.empty((0, 0), np.float32)
+        return held, self.index.reconstruct_batch(positions[held].astype(np.int64))
+
+    def similarities(self, ids: pa.Array, rows: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+        """Cosine similarity of each of ``ids`` [m] this shard indexes with its anchor,
+        ``anchors[rows[i]]`` ([n, d] unit vectors; NaN rows: unknown); NaN for the others.
+        Normalised here: a format may leave embeddings unnormalised."""
+        held, matrix = self.vectors(ids)
+        sims = np.full(len(ids), np.nan, np.float32)  # [m]
+        if held.any():
+            matrix = matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+            sims[held] = np.einsum("md,md->m", matrix, anchors[rows[held]])
+        return sims
+
     def save(self, index_path: str, ids_path: str) -> int:
         """Write the index (a CPU copy) and the target id at each FAISS position, for the
         serving index to load; returns the dimension."""
@@ -192,6 +217,23 @@ def start_shards(config: RetrievalConfig, num_shards: int | None = None) -> list
     return [actor.remote(config.model_dump(mode="json")) for _ in range(count)]
 
 
+def build_shards(config: RetrievalConfig, path: str | Path) -> tuple[list, int]:
+    """``config.num_shards`` index actors over the embedding files under ``path``; returns
+    their handles (the caller kills them after) and the number of targets indexed."""
+    import ray
+
+    shards = start_shards(config)
+    files = shard_files(path, len(shards))
+    return shards, sum(ray.get([shard.build.remote(share) for shard, share in zip(shards, files)]))
+
+
+def kill_actors(actors: list) -> None:
+    import ray
+
+    for actor in actors:
+        ray.kill(actor)
+
+
 def list_column(values: pa.Array, kept: np.ndarray) -> pa.ListArray:
     """Row-major ``values`` of the ``kept`` [n, k] cells -> n lists of the kept cells."""
     offsets = np.concatenate([[0], np.cumsum(kept.sum(axis=1))]).astype(np.int32)  # [n + 1]
@@ -215,6 +257,29 @@ def search_batch(batch: pa.Table, shards: list, top_k: int, positive_column: str
     return (batch.drop_columns(["embedding"])
             .append_column("candidate_ids", list_column(pa.array(ids[kept], pa.string()), kept))
             .append_column("candidate_sims", list_column(pa.array(scores[kept], pa.float32()), kept)))
+
+
+def anchor_similarities(anchor_ids: pa.Array, item_ids: pa.ListArray, shards: list) -> pa.ListArray:
+    """Per row, the cosine similarity of each of its ``item_ids`` with the row's anchor, the target ``anchor_ids[row]``, read from whichever
+    shards hold them: list<float32> aligned with ``item_ids``, null where the anchor or the
+    item is not indexed (it failed to embed, or is no target)."""
+    import ray
+
+    found = ray.get([shard.vectors.remote(anchor_ids) for shard in shards])
+    lengths = pc.list_value_length(item_ids).fill_null(0).to_numpy()  # [n]
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    items = pc.list_flatten(item_ids)  # [m]
+    dims = [matrix.shape[1] for held, matrix in found if held.any()]
+    if not dims or not len(items):
+        return pa.ListArray.from_arrays(offsets, pa.nulls(len(items), pa.float32()))
+    anchors = np.full((len(anchor_ids), dims[0]), np.nan, np.float32)  # [n, d]
+    for held, matrix in found:
+        if held.any():
+            anchors[held] = matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+    rows = np.repeat(np.arange(len(lengths)), lengths)  # [m]: each item's row
+    parts = ray.get([shard.similarities.remote(items, rows, anchors) for shard in shards])  # each [m]
+    sims = np.fmax.reduce(np.stack(parts))  # one shard holds each item: the others' NaN drop out
+    return pa.ListArray.from_arrays(offsets, pa.array(sims, pa.float32(), mask=np.isnan(sims)))
 
 
 def search_dataset(ds, shards: list, config: RetrievalConfig):

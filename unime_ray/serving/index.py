@@ -50,7 +50,7 @@ def build_index_dir(config: BuildIndexConfig) -> dict:
     """Embed the corpus' targets and write OUT (on the connected Ray cluster); returns index.json."""
     import ray
 
-    from unime_ray.retrieval.shards import shard_files, start_shards
+    from unime_ray.retrieval.shards import build_shards, kill_actors
 
     started = time.perf_counter()
     out = Path(config.output_dir).resolve()
@@ -69,10 +69,9 @@ def build_index_dir(config: BuildIndexConfig) -> dict:
     if not kept:
         raise SystemExit(f"no target could be embedded ({rejected} rejected); see {out / 'rejects.parquet'}")
     r = config.index.model_copy(update={"num_shards": 1})  # the service loads one index file
-    [shard] = start_shards(r)
-    ray.get(shard.build.remote(shard_files(out / "embeddings", 1)[0]))
+    [shard], _ = build_shards(r, out / "embeddings")
     dim = ray.get(shard.save.remote(str(out / INDEX_FILE), str(out / IDS_FILE)))
-    ray.kill(shard)
+    kill_actors([shard])
     meta = {"model": config.embed.model, "dim": int(dim), "count": kept, "kind": r.index, "rejected": rejected,
             "seconds": round(time.perf_counter() - started, 1)}
     (out / META_FILE).write_text(json.dumps(meta, indent=1))
