@@ -87,6 +87,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """A Ray instance of this process for one test module (a module may define its own)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def ray_head():
     """A Ray head on loopback in its own temp dir; stopped afterwards. Three logical CPUs on

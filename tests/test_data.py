@@ -40,15 +40,6 @@ def _tables(tmp_path):
     return queries, targets
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def test_every_bad_row_gets_its_own_reason_and_good_rows_pass(tmp_path, local_ray):
     """The per-row checks, then the cross-row ones as Ray Data runs them (a group-by and a join)."""
     import ray.data

@@ -22,15 +22,6 @@ from unime_ray.eval.summaries import task_summaries
 from unime_ray.eval.tasks import candidate_id, plan_tasks, query_rows, read_queries
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def test_gold_ranks_count_ties_against_the_gold():
     scores = np.array([
         [0.9, 0.1, 0.2],  # gold best: rank 0

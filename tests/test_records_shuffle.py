@@ -11,15 +11,6 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from batch_mixing import mixed_fraction  # noqa: E402 - the benchmark's own measure
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.fixture
 def sorted_records(tmp_path):
     """4 datasets x 128 records, dataset after dataset (as a corpus often is), in 2 shards."""

@@ -12,15 +12,6 @@ from unime_ray.retrieval.shards import (IndexShard, anchor_similarities, build_s
                                         search_batch, search_dataset, shard_files, start_shards)
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def _normalised(rng, n, d):
     x = rng.standard_normal((n, d)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
