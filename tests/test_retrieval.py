@@ -8,8 +8,8 @@ import pytest
 from unime_ray.dataplane.tensors import tensor_column
 from unime_ray.retrieval.config import RetrievalConfig
 from unime_ray.retrieval.index import PAD_KEY, merge_topk
-from unime_ray.retrieval.shards import (IndexShard, anchor_similarities, build_shards, fetch_size, kill_actors,
-                                        search_batch, search_dataset, shard_files, start_shards)
+from unime_ray.retrieval.shards import (IndexShard, anchor_similarities, fetch_size, index_shards, search_batch,
+                                        search_dataset, shard_files, start_shards)
 
 
 def _normalised(rng, n, d):
@@ -217,9 +217,9 @@ def test_similarities_to_an_anchor_read_across_shards_equal_numpy(tmp_path, loca
     items = pa.array([["t6", "t12", "t2"], ["t0", "nope"], ["t3"], []], pa.list_(pa.string()))
     per_shards = {}
     for num_shards in (1, 3, 7):  # 7 shards over 6 files: one holds nothing
-        shards, indexed = build_shards(RetrievalConfig(num_shards=num_shards, num_cpus=0.25), tmp_path / "emb")
-        per_shards[num_shards] = anchor_similarities(anchors, items, shards).to_pylist()
-        kill_actors(shards)
+        config = RetrievalConfig(num_shards=num_shards, num_cpus=0.25)
+        with index_shards(config, tmp_path / "emb") as (shards, indexed):
+            per_shards[num_shards] = anchor_similarities(anchors, items, shards).to_pylist()
         assert indexed == 29
     cos = lambda a, b: float(targets[a] @ targets[b])  # noqa: E731
     expected = [[cos(0, 6), cos(0, 12), cos(0, 2)], [cos(17, 0), None], [None], []]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import ExitStack
 from pathlib import Path
 
 import pyarrow as pa
@@ -30,7 +31,7 @@ from unime_ray.mining.judge_stage import judge_dataset, pair_inputs
 from unime_ray.mining.label_judge import label_judge_dataset
 from unime_ray.mining.manifest import Manifest, fingerprint, path_signature, reuse_stages
 from unime_ray.mining.select_stage import RECORD_SCHEMA, SELECTED_SCHEMA, select_records, with_positive_sims
-from unime_ray.retrieval.shards import build_shards, kill_actors, search_dataset
+from unime_ray.retrieval.shards import index_shards, search_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -83,13 +84,10 @@ def stage_retrieve(config: MineConfig, embed_dir: Path, out: Path) -> dict:
         write_dataset(as_rejects(failed, name), out / "rejects" / name, REJECT_SCHEMA)
     rejected = count_rows(out / "rejects")
     metrics.inc("rows_rejected", rejected)
-    shards, indexed = build_shards(r, embed_dir / "targets")
-    try:
+    with index_shards(r, embed_dir / "targets") as (shards, indexed):
         queries = rows_where_error(read_dataset(embed_dir / "queries"), failed=False)
         searched = write_dataset(search_dataset(queries, shards, r).drop_columns([ERROR_COLUMN]),
                                  out / "candidates")
-    finally:
-        kill_actors(shards)
     if not indexed or not searched:
         raise RuntimeError(f"nothing to search: {searched} queries and {indexed} targets were embedded "
                            f"(see the embed stage's error column under {embed_dir})")
@@ -129,21 +127,19 @@ def stage_select(config: MineConfig, judge_dir: Path, embed_dir: Path, out: Path
     """Judged rows -> records under ``config.select``'s rule. The adaptive margin reads each
     candidate's similarity to its positive from exact (flat, CPU) shards of the embed
     stage's target vectors, whatever index retrieval used."""
-    judged, shards, r = read_dataset(judge_dir / "scores"), [], config.retrieval
-    try:
+    judged, r = read_dataset(judge_dir / "scores"), config.retrieval
+    with ExitStack() as shards_alive:
         if config.select.rule == "adaptive_margin":
             # Flat shards hold every vector: a reservation sized for another index kind does not fit them.
             flat = r.model_copy(update={"index": "flat", "use_gpu": False, "num_gpus": 0.0,
                                         "memory": r.memory if r.index == "flat" else None})
-            shards, _ = build_shards(flat, embed_dir / "targets")
+            shards, _ = shards_alive.enter_context(index_shards(flat, embed_dir / "targets"))
             judged = judged.map_batches(with_positive_sims, fn_kwargs={"shards": shards}, batch_size=256,
                                         batch_format="pyarrow", num_cpus=0.25)
         selected = judged.map_batches(
             select_records, fn_kwargs={"select": config.select, "output_dir": config.output_dir}, batch_size=64,
             batch_format="pyarrow", num_cpus=0.25)
         write_dataset(selected, out / "selected", SELECTED_SCHEMA)
-    finally:
-        kill_actors(shards)
     selected = read_dataset(out / "selected")
     records = write_dataset(rows_where_error(selected, failed=False).select_columns(RECORD_SCHEMA.names),
                             out / "mined", RECORD_SCHEMA)

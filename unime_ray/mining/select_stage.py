@@ -48,12 +48,13 @@ def select_record(row: dict, s, output_dir: str) -> dict:
     if not ok:
         return {**record, "error": "no candidate could be judged"}
     sims = row.get(POSITIVE_SIMS)
-    if s.rule == "adaptive_margin" and all(sims[i] is None for i in ok):
-        return {**record, "error": f"positive {row['target_ids'][0]!r} has no embedding (see the embed stage's "
-                                   "rejects): the adaptive margin measures candidates against it"}
-    unmeasured = [row["target_ids"][1 + i] for i in ok if s.rule == "adaptive_margin" and sims[i] is None]
-    if unmeasured:
-        return {**record, "error": f"candidates {unmeasured} have no embedding: the adaptive margin needs one"}
+    if s.rule == "adaptive_margin":
+        unmeasured = [row["target_ids"][1 + i] for i in ok if sims[i] is None]
+        if len(unmeasured) == len(ok):  # all of them: it is the positive that has none
+            return {**record, "error": f"positive {row['target_ids'][0]!r} has no embedding (see the embed "
+                                       "stage's rejects): the adaptive margin measures candidates against it"}
+        if unmeasured:
+            return {**record, "error": f"candidates {unmeasured} have no embedding: the adaptive margin needs one"}
     modality = lambda i: item_modality(row["target_texts"][i], bool(  # noqa: E731
         row["target_images"][i] or row["target_image_paths"][i]))
     pick = select_hard_negatives(

@@ -13,7 +13,9 @@ handles; query blocks are searched by parallel Ray Data tasks (``search_dataset`
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -170,7 +172,8 @@ class IndexShard:
 
     def vectors(self, ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         """(held [n] bool, vectors [held.sum(), d] float32): the stored vectors of those
-        ``ids`` this shard indexes (exact for flat and hnsw, which keep them whole)."""
+        ``ids`` this shard indexes (exact for flat and hnsw, which keep them whole), scaled
+        to unit length: a format may leave embeddings unnormalised."""
         import pandas as pd
 
         if self.positions is None:  # hashed once, not per call: target ids are unique (the corpus stage)
@@ -179,16 +182,15 @@ class IndexShard:
         held = positions >= 0
         if not held.any():
             return held, np.empty((0, 0), np.float32)
-        return held, self.index.reconstruct_batch(positions[held].astype(np.int64))
+        matrix = self.index.reconstruct_batch(positions[held].astype(np.int64))
+        return held, matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
 
     def similarities(self, ids: pa.Array, rows: np.ndarray, anchors: np.ndarray) -> np.ndarray:
         """Cosine similarity of each of ``ids`` [m] this shard indexes with its anchor,
-        ``anchors[rows[i]]`` ([n, d] unit vectors; NaN rows: unknown); NaN for the others.
-        Normalised here: a format may leave embeddings unnormalised."""
+        ``anchors[rows[i]]`` ([n, d] unit vectors; NaN rows: unknown); NaN for the others."""
         held, matrix = self.vectors(ids)
         sims = np.full(len(ids), np.nan, np.float32)  # [m]
         if held.any():
-            matrix = matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
             sims[held] = np.einsum("md,md->m", matrix, anchors[rows[held]])
         return sims
 
@@ -217,21 +219,20 @@ def start_shards(config: RetrievalConfig, num_shards: int | None = None) -> list
     return [actor.remote(config.model_dump(mode="json")) for _ in range(count)]
 
 
-def build_shards(config: RetrievalConfig, path: str | Path) -> tuple[list, int]:
-    """``config.num_shards`` index actors over the embedding files under ``path``; returns
-    their handles (the caller kills them after) and the number of targets indexed."""
+@contextmanager
+def index_shards(config: RetrievalConfig, path: str | Path) -> Iterator[tuple[list, int]]:
+    """``config.num_shards`` index actors built over the embedding files under ``path``:
+    yields their handles and the number of targets indexed; kills them on exit, a failed
+    build included."""
     import ray
 
     shards = start_shards(config)
-    files = shard_files(path, len(shards))
-    return shards, sum(ray.get([shard.build.remote(share) for shard, share in zip(shards, files)]))
-
-
-def kill_actors(actors: list) -> None:
-    import ray
-
-    for actor in actors:
-        ray.kill(actor)
+    try:
+        files = shard_files(path, len(shards))
+        yield shards, sum(ray.get([shard.build.remote(share) for shard, share in zip(shards, files)]))
+    finally:
+        for shard in shards:
+            ray.kill(shard)
 
 
 def list_column(values: pa.Array, kept: np.ndarray) -> pa.ListArray:
@@ -260,9 +261,10 @@ def search_batch(batch: pa.Table, shards: list, top_k: int, positive_column: str
 
 
 def anchor_similarities(anchor_ids: pa.Array, item_ids: pa.ListArray, shards: list) -> pa.ListArray:
-    """Per row, the cosine similarity of each of its ``item_ids`` with the row's anchor, the target ``anchor_ids[row]``, read from whichever
-    shards hold them: list<float32> aligned with ``item_ids``, null where the anchor or the
-    item is not indexed (it failed to embed, or is no target)."""
+    """Per row, the cosine similarity of each of its ``item_ids`` with the row's anchor, the
+    target ``anchor_ids[row]``, read from whichever shards hold them: list<float32> aligned
+    with ``item_ids``, null where the anchor or the item is not indexed (it failed to embed,
+    or is no target)."""
     import ray
 
     found = ray.get([shard.vectors.remote(anchor_ids) for shard in shards])
@@ -275,7 +277,7 @@ def anchor_similarities(anchor_ids: pa.Array, item_ids: pa.ListArray, shards: li
     anchors = np.full((len(anchor_ids), dims[0]), np.nan, np.float32)  # [n, d]
     for held, matrix in found:
         if held.any():
-            anchors[held] = matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+            anchors[held] = matrix
     rows = np.repeat(np.arange(len(lengths)), lengths)  # [m]: each item's row
     parts = ray.get([shard.similarities.remote(items, rows, anchors) for shard in shards])  # each [m]
     sims = np.fmax.reduce(np.stack(parts))  # one shard holds each item: the others' NaN drop out

@@ -50,7 +50,7 @@ def build_index_dir(config: BuildIndexConfig) -> dict:
     """Embed the corpus' targets and write OUT (on the connected Ray cluster); returns index.json."""
     import ray
 
-    from unime_ray.retrieval.shards import build_shards, kill_actors
+    from unime_ray.retrieval.shards import index_shards
 
     started = time.perf_counter()
     out = Path(config.output_dir).resolve()
@@ -69,9 +69,8 @@ def build_index_dir(config: BuildIndexConfig) -> dict:
     if not kept:
         raise SystemExit(f"no target could be embedded ({rejected} rejected); see {out / 'rejects.parquet'}")
     r = config.index.model_copy(update={"num_shards": 1})  # the service loads one index file
-    [shard], _ = build_shards(r, out / "embeddings")
-    dim = ray.get(shard.save.remote(str(out / INDEX_FILE), str(out / IDS_FILE)))
-    kill_actors([shard])
+    with index_shards(r, out / "embeddings") as ([shard], _):
+        dim = ray.get(shard.save.remote(str(out / INDEX_FILE), str(out / IDS_FILE)))
     meta = {"model": config.embed.model, "dim": int(dim), "count": kept, "kind": r.index, "rejected": rejected,
             "seconds": round(time.perf_counter() - started, 1)}
     (out / META_FILE).write_text(json.dumps(meta, indent=1))
