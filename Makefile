@@ -39,8 +39,9 @@ bench: checkpoints
 	$(BIN)/python benchmarks/rerank_throughput.py
 	$(BIN)/python benchmarks/serve_latency.py
 
-# The small-scale UniME-V2 replication (about an hour on 2 cores); results are committed.
-replicate: checkpoints
+# The small-scale UniME-V2 replication: pretrains its own models, then the paper's protocol
+# (README, "Replication"); a stopped run continues where it was.
+replicate: $(STAMP)
 	$(BIN)/python benchmarks/replicate.py --config configs/replicate.yaml
 
 clean:

@@ -1,12 +1,16 @@
 """`make replicate`: a small-scale UniME-V2 replication on packaged data, through our own jobs.
 
-Round 0: E0 (the embedder trained from scratch with in-batch InfoNCE, playing VLM2Vec) and
-J (the reranker trained from scratch on labelled pairs whose negatives E0 retrieved,
-playing the MLLM judge), with J's quality on held-out pairs. Round 1: mining with E0 and J,
-then, from E0 with the same steps and batch, each arm of configs/replicate.yaml for every
-seed, a reranker trained from J on the mined records, and MMEB-protocol evaluation of all
-of them on an MMEB-mini built from held-out data. Writes benchmarks/results/replication.json
-and replication.png.
+The paper's protocol at small scale. Two tiny Qwen2-VL models are pretrained generatively
+from random weights on instruction turns of the training splits: a base (every embedder
+starts from it) and a larger judge. E0, InfoNCE from the base, only retrieves (it plays
+VLM2Vec). The judge, used zero-shot with METHOD's prompt, scores E0's global top 50 of
+every training query; its quality is measured on a held-out labelled corpus. Every arm of
+configs/replicate.yaml trains from the base with the same steps, batch and learning rate,
+for every seed: the paper's arms, (c) under label judges of known quality (the
+judge-quality curve) and (c)'s variants. A reranker is trained from the judge on the mined
+records and reranks arms' top candidates listwise and pointwise. Everything is evaluated on
+an MMEB-mini built from held-out data, with paired bootstrap intervals. Writes
+benchmarks/results/replication.json, replication.png and judge_quality_curve.png.
 
     python benchmarks/replicate.py --config configs/replicate.yaml [overrides]
 
@@ -28,7 +32,7 @@ from typing import Callable
 from reporting import REPO, write_result
 
 from unime_ray.config import load_config, parse_job_args
-from unime_ray.replication.config import ReplicateConfig
+from unime_ray.replication.config import ReplicateConfig, check_plan
 
 logger = logging.getLogger("benchmarks.replicate")
 
@@ -95,18 +99,27 @@ def mine(out: Path, corpus: Path, embedder: Path | str, overrides: list[str], ju
         f"embed.model={embedder}", "write_unime_json=false", *who, *overrides]))
 
 
-def train(kind: str, out: Path, model: Path | str, mined: Path, overrides: list[str]) -> None:
+TRAINERS = {  # job -> (config class, worker loop), imported when a step runs
+    "embedder": ("TrainEmbedderConfig", "unime_ray.training.embedder_loop:train_embedder_loop"),
+    "reranker": ("TrainRerankerConfig", "unime_ray.training.reranker_loop:train_reranker_loop"),
+    "pretrain": ("PretrainConfig", "unime_ray.training.pretrain_loop:pretrain_loop"),
+}
+
+
+def train(kind: str, out: Path, model: Path | str, data: Path, overrides: list[str]) -> None:
+    """A training job on ``data`` (a mining run's directory, or a Parquet table)."""
+    import importlib
+
+    from unime_ray.training import config as configs
     from unime_ray.training.job import run_training_job
 
-    if kind == "embedder":
-        from unime_ray.training.config import TrainEmbedderConfig as config_class
-        from unime_ray.training.embedder_loop import train_embedder_loop as loop
-    else:
-        from unime_ray.training.config import TrainRerankerConfig as config_class
-        from unime_ray.training.reranker_loop import train_reranker_loop as loop
-    run_training_job(config_class, loop, ["--config", str(REPO / f"configs/train_{kind}.yaml"), "--output-dir",
-                                          str(out), f"model={model}", f"data.mined={mined / 'mined.parquet'}",
-                                          f"run_name={out.name}", *overrides])
+    class_name, loop = TRAINERS[kind]
+    module, function = loop.split(":")
+    records = data / "mined.parquet" if data.is_dir() else data
+    yaml = REPO / f"configs/{'pretrain' if kind == 'pretrain' else f'train_{kind}'}.yaml"
+    run_training_job(getattr(configs, class_name), getattr(importlib.import_module(module), function),
+                     ["--config", str(yaml), "--output-dir", str(out), f"model={model}", f"data.mined={records}",
+                      f"run_name={out.name}", *overrides])
 
 
 def evaluate(out: Path, tasks: Path, model: Path | str, label: str, overrides: list[str],
@@ -119,24 +132,12 @@ def evaluate(out: Path, tasks: Path, model: Path | str, label: str, overrides: l
         *([f"rerank.model={reranker}"] if reranker else []), *overrides]))
 
 
-def judge_quality(mined: Path, labels: Path, beta: float) -> dict:
-    """In a Ray task: the scores are read there, only the numbers come back."""
+def in_worker(function, *args):
+    """``function(*args)`` in a Ray task: per-pair and per-query tables are read there, only
+    the numbers come back to the driver."""
     import ray
 
-    from unime_ray.replication.judge_quality import judge_quality_of_run
-
-    return ray.get(ray.remote(judge_quality_of_run).options(num_cpus=0.5).remote(
-        str(mined / "stages/judge/scores"), str(labels), beta))
-
-
-def records_profile(mined: Path, train, labels: Path) -> dict:
-    """In a Ray task, as ``judge_quality``: what an arm with the training config ``train`` trains on."""
-    import ray
-
-    from unime_ray.replication.judge_quality import records_profile_of_run
-
-    return ray.get(ray.remote(records_profile_of_run).options(num_cpus=0.5).remote(
-        str(mined / "mined.parquet"), train.num_negatives, train.temperature, str(labels)))
+    return ray.get(ray.remote(function).options(num_cpus=0.5).remote(*args))
 
 
 def loss_curve(train_dir: Path) -> dict:
@@ -165,22 +166,51 @@ def chart(arms: dict[str, dict], path: Path) -> None:
     ax.set_title("Small-scale UniME-V2 replication (MMEB-mini, held-out data)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def curve_chart(points: list[dict], path: Path) -> None:
+    """(c) minus (a) with its 95% interval against the judge's held-out AUC: one line
+    through the label judges (with noise, and exact), one marker per other judge."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for kind, style in (("labels", "o-"), ("graded labels", "s"), ("pretrained judge", "D")):
+        group = sorted((p for p in points if p["kind"] == kind), key=lambda p: p["auc"])
+        if group:
+            ax.errorbar([p["auc"] for p in group], [p["difference"] for p in group], fmt=style, capsize=4,
+                        label=kind, yerr=[[p["difference"] - p["low"] for p in group],
+                                          [p["high"] - p["difference"] for p in group]])
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("judge's AUC on held-out labelled pairs")
+    ax.set_ylabel("(c) minus (a), overall P@1 (points)")
+    ax.set_title("Judge quality against the soft labels' gain (95% paired bootstrap)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
 
 
 def main(argv=None) -> dict:
     import ray
 
+    from unime_ray.data.instructions import build_instructions
     from unime_ray.data.labelled_corpus import LABELS_FILE, build_labelled_corpus
     from unime_ray.eval.build_mini import build_mini
     from unime_ray.mining.config import MineConfig
-    from unime_ray.replication.tables import arm_summary, delta_table, markdown_table
+    from unime_ray.models.tiny import build_tiny_checkpoint
+    from unime_ray.replication.bootstrap import paired_difference_of_runs
+    from unime_ray.replication.judge_quality import judge_quality_of_run, records_profile_of_run
+    from unime_ray.replication.tables import arm_summary, markdown_table
     from unime_ray.training.config import TrainEmbedderConfig
-    from unime_ray.training.merge import MergeConfig, merge_models
 
     cfg = parse_job_args(ReplicateConfig, argv, __doc__.splitlines()[0])
+    check_plan(cfg, REPO)
     out = Path(cfg.output_dir).resolve()
-    embedder, reranker = Path(cfg.embedder).resolve(), Path(cfg.reranker).resolve()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stdout)
     # Workers' logs stay in Ray's session files; the terminal shows one line per step.
@@ -194,106 +224,157 @@ def main(argv=None) -> dict:
     steps.run("build the MMEB-mini (held-out)", tasks / "tasks.json",
               lambda: build_mini(tasks, queries_per_task=cfg.eval_queries_per_task))
 
-    # Round 0: E0 from scratch on the labelled pairs (negatives unused: in-batch InfoNCE) ...
-    mined0, e0 = out / "round0/records", out / "round0/E0"
-    steps.run("round 0: labelled records", mined0 / "summary.json",
-              lambda: mine(mined0, train_corpus, embedder, cfg.mine, labels=train_corpus / LABELS_FILE))
-    steps.run("round 0: train E0 (in-batch InfoNCE)", e0 / "train_summary.json",
-              lambda: train("embedder", e0, embedder, mined0, cfg.round0_embedder))
-    # ... then J on pairs E0 retrieves, their negatives known from the labels.
-    pairs0, judge = out / "round0/judge_pairs", out / "round0/J"
-    steps.run("round 0: E0 retrieves J's pairs", pairs0 / "summary.json",
-              lambda: mine(pairs0, train_corpus, e0 / "model", cfg.mine, labels=train_corpus / LABELS_FILE))
-    steps.run("round 0: train J (pairwise + listwise)", judge / "train_summary.json",
-              lambda: train("reranker", judge, reranker, pairs0, cfg.round0_reranker))
-    heldout = out / "round0/J_heldout"
-    steps.run("round 0: J judges held-out pairs", heldout / "summary.json",
-              lambda: mine(heldout, heldout_corpus, e0 / "model", cfg.mine, judge=judge / "model"))
+    # The pretrained MLLMs: instruction turns of the training splits, then next-token training.
+    instructions = out / "pretrain/instructions"
+    turns = instructions / "instructions.parquet"
+    steps.run("build the instruction turns", turns, lambda: build_instructions(
+        instructions, cfg.instructions_easyvqa_images, cfg.instructions_digits))
+    pretrained = {}
+    for role, spec in (("base", cfg.base), ("judge", cfg.judge)):
+        initial, run = out / f"pretrain/{role}_init", out / f"pretrain/{role}"
+        steps.run(f"random {role} ({spec.layers} x {spec.hidden_size})", initial / "config.json",
+                  lambda initial=initial, spec=spec, role=role: build_tiny_checkpoint(
+                      initial, "judge" if role == "judge" else "embedder", spec.seed, hidden_size=spec.hidden_size,
+                      layers=spec.layers))
+        steps.run(f"pretrain the {role}", run / "train_summary.json",
+                  lambda initial=initial, run=run, spec=spec: train("pretrain", run, initial, turns, spec.overrides))
+        pretrained[role] = run / "model"
+    base, judge = pretrained["base"], pretrained["judge"]
 
-    # Round 1: mine with E0 and J; every arm from E0, same steps and batch.
+    # E0, the retriever: InfoNCE from the base on the labelled positives; it only retrieves.
+    records0, e0 = out / "round0/records", out / "round0/E0"
+    steps.run("E0: labelled records", records0 / "summary.json",
+              lambda: mine(records0, train_corpus, base, cfg.mine, labels=train_corpus / LABELS_FILE))
+    steps.run("E0: train (in-batch InfoNCE, from the base)", e0 / "train_summary.json",
+              lambda: train("embedder", e0, base, records0, cfg.retriever))
+
+    # Judges' quality on held-out pairs E0 retrieves: the pretrained judge, and each label judge.
+    heldout = {"model": out / "heldout/model"}
+    steps.run("held-out: E0 retrieves, the judge scores", heldout["model"] / "summary.json",
+              lambda: mine(heldout["model"], heldout_corpus, e0 / "model", cfg.mine, judge=judge))
+    label_judges = {" ".join(a.judge_overrides) or "labels": a.judge_overrides
+                    for a in cfg.active_arms if a.judge == "labels"}
+    for key, options in label_judges.items():
+        heldout[key] = out / f"heldout/labels{len(heldout)}"
+        steps.run(f"held-out: labels judge ({key})", heldout[key] / "summary.json",
+                  lambda key=key, options=options: mine(
+                      heldout[key], heldout_corpus, e0 / "model",
+                      [*cfg.mine, *options, f"reuse_from={heldout['model']}"], labels=heldout_corpus / LABELS_FILE))
+
+    # Round 1: E0 retrieves every training query's global top 50, the judge scores them.
     mined1 = out / "round1/mined"
-    steps.run("round 1: mine with E0 and J", mined1 / "summary.json",
-              lambda: mine(mined1, train_corpus, e0 / "model", cfg.mine, judge=judge / "model"))
-    runs = {(arm.name, seed): out / f"round1/{arm.name}/seed{seed}" for arm in cfg.arms for seed in cfg.seeds}
-    records = {arm.name: mined1 if arm.records == "mined" else pairs0 for arm in cfg.arms}
-    for arm in cfg.arms:
-        if arm.select:  # round 1's judged pairs (its stages reused), selected under the arm's rule
-            records[arm.name] = out / f"round1/{arm.name}/mined"
-            steps.run(f"round 1: re-select for {arm.name}", records[arm.name] / "summary.json",
-                      lambda arm=arm: mine(records[arm.name], train_corpus, e0 / "model",
-                                           [*cfg.mine, *arm.select, f"reuse_from={mined1}"], judge=judge / "model"))
+    steps.run("round 1: mine with E0 and the judge", mined1 / "summary.json",
+              lambda: mine(mined1, train_corpus, e0 / "model", cfg.mine, judge=judge))
+    records = {}
+    for arm in cfg.active_arms:
+        if arm.judge == "model" and not arm.mine:
+            records[arm.name] = mined1
+            continue
+        records[arm.name] = out / f"round1/{arm.name}/mined"
+        who = {"labels": train_corpus / LABELS_FILE} if arm.judge == "labels" else {"judge": judge}
+        steps.run(f"round 1: records for {arm.name}", records[arm.name] / "summary.json",
+                  lambda arm=arm, who=who: mine(records[arm.name], train_corpus, e0 / "model",
+                                                [*cfg.mine, *arm.mine, f"reuse_from={mined1}"], **who))
+
+    runs = {(arm.name, seed): out / f"round1/{arm.name}/seed{seed}" for arm in cfg.active_arms for seed in cfg.seeds}
+    for arm in cfg.active_arms:
         for seed in cfg.seeds:
             run = runs[arm.name, seed]
-            if arm.merge is None:
-                steps.run(f"round 1: {arm.name}, seed {seed}", run / "train_summary.json",
-                          lambda run=run, arm=arm, seed=seed: train(
-                              "embedder", run, e0 / "model", records[arm.name],
-                              [*cfg.arm_common, *arm.overrides, f"seed={seed}"]))
-                continue
-            for group, names in arm.merge.groups.items():  # one embedder per group, then merged
-                steps.run(f"round 1: {arm.name}/{group}, seed {seed}", run / group / "train_summary.json",
-                          lambda run=run, arm=arm, seed=seed, group=group, names=names: train(
-                              "embedder", run / group, e0 / "model", records[arm.name],
-                              [*cfg.arm_common, *arm.overrides, f"seed={seed}", f"data.datasets=[{', '.join(names)}]"]))
-            steps.run(f"round 1: {arm.name} merged, seed {seed}", run / "model" / "merge.json",
-                      lambda run=run, arm=arm: merge_models(MergeConfig(
-                          output_dir=str(run / "model"), base=str(e0 / "model"), method=arm.merge.method,
-                          models=[str(run / group / "model") for group in arm.merge.groups],
-                          weights=arm.merge.weights)))
-    reranker1 = out / "round1/reranker"
-    steps.run("round 1: train the reranker from J", reranker1 / "train_summary.json",
-              lambda: train("reranker", reranker1, judge / "model", mined1, cfg.round1_reranker))
+            steps.run(f"train {arm.name}, seed {seed}", run / "train_summary.json",
+                      lambda run=run, arm=arm, seed=seed: train(
+                          "embedder", run, base, records[arm.name], [*cfg.arm_common, *arm.overrides, f"seed={seed}"]))
+    rerankers = {}
+    for source in dict.fromkeys(run.records for run in cfg.active_reranking):
+        rerankers[source] = out / ("round1/reranker" if source == "round1" else f"round1/reranker_{source}")
+        steps.run(f"train the reranker from the judge on {source}'s records", rerankers[source] / "train_summary.json",
+                  lambda source=source: train("reranker", rerankers[source], judge,
+                                              mined1 if source == "round1" else records[source], cfg.rerank.training))
 
     evals = out / "eval"
-    steps.run("evaluate the random initialisation", evals / "init/results.json",
-              lambda: evaluate(evals / "init", tasks, embedder, "init", cfg.evaluate))
+    steps.run("evaluate the base", evals / "base/results.json",
+              lambda: evaluate(evals / "base", tasks, base, "base", cfg.evaluate))
     steps.run("evaluate E0", evals / "E0/results.json",
               lambda: evaluate(evals / "E0", tasks, e0 / "model", "E0", cfg.evaluate))
     for (name, seed), run in runs.items():
         result_dir = evals / f"{name}/seed{seed}"
         steps.run(f"evaluate {name}, seed {seed}", result_dir / "results.json",
                   lambda run=run, result_dir=result_dir, name=name, seed=seed: evaluate(
-                      result_dir, tasks, run / "model", f"{name}-seed{seed}", cfg.evaluate,
-                      reranker1 / "model" if name == cfg.rerank_arm else None))
+                      result_dir, tasks, run / "model", f"{name}-seed{seed}", cfg.evaluate))
+    reranked = {(run.records, name, top_n, mode, seed):
+                evals / f"{name}/seed{seed}/rerank_{run.records}_{mode}_top{top_n}"
+                for run in cfg.active_reranking for name in run.arms for top_n in run.top_n for mode in run.modes
+                for seed in cfg.seeds}
+    for (source, name, top_n, mode, seed), result_dir in reranked.items():
+        steps.run(f"rerank {name} top {top_n} {mode} ({source}), seed {seed}", result_dir / "results.json",
+                  lambda source=source, name=name, seed=seed, result_dir=result_dir, top_n=top_n, mode=mode: evaluate(
+                      result_dir, tasks, runs[name, seed] / "model", f"{name}-seed{seed}-{mode}{top_n}",
+                      [*cfg.evaluate, f"rerank.mode={mode}", f"rerank.top_n={top_n}"], rerankers[source] / "model"))
 
     load = lambda path: json.loads(path.read_text())  # noqa: E731
-    arms = {name: arm_summary([load(evals / f"{name}/results.json")]) for name in ("init", "E0")}
-    seeds_of = lambda arm: arm_summary([load(evals / f"{arm.name}/seed{s}/results.json") for s in cfg.seeds])  # noqa: E731
-    arms.update({arm.label: seeds_of(arm) for arm in cfg.arms if arm.table == "paper"})
-    reranked = next(arm.label for arm in cfg.arms if arm.name == cfg.rerank_arm)
-    arms[f"{reranked} + reranker"] = arm_summary(
-        [load(evals / f"{cfg.rerank_arm}/seed{s}/results.json")["reranked"] for s in cfg.seeds])
-    baseline = next(arm for arm in cfg.arms if arm.name == cfg.neighbours_baseline)
-    neighbours = {baseline.label: arms[baseline.label],
-                  **{arm.label: seeds_of(arm) for arm in cfg.arms if arm.table == "neighbours"}}
+    seed_dirs = lambda name: [str(evals / f"{name}/seed{s}") for s in cfg.seeds]  # noqa: E731
+    label_of = {arm.name: arm.label for arm in cfg.arms}
+    summaries = {"base": arm_summary([load(evals / "base/results.json")]),
+                 "E0": arm_summary([load(evals / "E0/results.json")]),
+                 **{arm.label: arm_summary([load(Path(d) / "results.json") for d in seed_dirs(arm.name)])
+                    for arm in cfg.active_arms}}
+    paper = {k: v for k, v in summaries.items() if k in ("base", "E0") or
+             k in [a.label for a in cfg.active_arms if a.table == "paper"]}
+    differences = {arm.label: in_worker(paired_difference_of_runs, seed_dirs(arm.name), seed_dirs(cfg.reference),
+                                        "ranked", "ranked", cfg.bootstrap_resamples)
+                   for arm in cfg.active_arms if arm.name != cfg.reference}
+    variants = {arm.label: in_worker(paired_difference_of_runs, seed_dirs(arm.name), seed_dirs(cfg.method),
+                                     "ranked", "ranked", cfg.bootstrap_resamples)
+                for arm in cfg.active_arms if arm.table == "variants"}
+    reranking = {}
+    for source, name, top_n, mode in dict.fromkeys(key[:4] for key in reranked):
+        dirs = [str(reranked[source, name, top_n, mode, s]) for s in cfg.seeds]
+        results = [load(Path(d) / "results.json")["reranked"] for d in dirs]
+        reranking[f"{label_of[name]} + {mode} top {top_n} (reranker trained on {source})"] = {
+            "summary": arm_summary(results),
+            "minus_embedder": in_worker(paired_difference_of_runs, dirs, dirs, "reranked", "ranked",
+                                        cfg.bootstrap_resamples),
+            "fallbacks": sum(r["fallbacks"] for r in results),
+            "first_choice_positions": [sum(c) for c in zip(*(r["first_choice_positions"] for r in results))],
+            "gold_positions": [sum(c) for c in zip(*(r["gold_positions"] for r in results))]}
     beta = load_config(MineConfig, REPO / "configs/mine.yaml", cfg.mine).select.beta
+    quality = {key: in_worker(judge_quality_of_run, str(path / "stages/judge/scores"),
+                              str(heldout_corpus / LABELS_FILE), beta) for key, path in heldout.items()}
+    curve = []
+    for arm in cfg.active_arms:
+        if arm.table in ("judge_curve",) or arm.name == cfg.method or (arm.judge == "labels" and not arm.mine):
+            key = "model" if arm.judge == "model" else (" ".join(arm.judge_overrides) or "labels")
+            kind = ("pretrained judge" if arm.judge == "model" else
+                    "graded labels" if any("label_grading" in o for o in arm.judge_overrides) else "labels")
+            curve.append({"judge": arm.label, "kind": kind, "auc": quality[key]["auc"], **differences[arm.label]})
     arm_training = load_config(TrainEmbedderConfig, REPO / "configs/train_embedder.yaml", cfg.arm_common)
-    reselected = {arm.name: records[arm.name] for arm in cfg.arms if arm.select}
-    summaries = {"round0_labels": load(pairs0 / "summary.json"), "round1": load(mined1 / "summary.json"),
-                 **{f"round1_{name}": load(path / "summary.json") for name, path in reselected.items()}}
     result = {
         "config": cfg.model_dump(mode="json"),
-        "judge_quality_heldout": judge_quality(heldout, heldout_corpus / LABELS_FILE, beta),
-        "mining": {name: {k: summary[k] for k in (
+        "protocol": {"base": str(base), "judge": str(judge), "retriever": "E0: InfoNCE from the base",
+                     "arms_start_from": "the base", "judge_use": "zero-shot, METHOD's prompt, P(Yes)"},
+        "judge_quality_heldout": quality,
+        "judge_quality_round1": in_worker(judge_quality_of_run, str(mined1 / "stages/judge/scores"),
+                                          str(train_corpus / LABELS_FILE), beta),
+        "mining": {name: {k: load(path / "summary.json")[k] for k in (
             "queries_in", "targets_in", "pairs_judged", "records", "false_negatives_dropped", "negatives_kept",
-            "fallbacks_used")} for name, summary in summaries.items()},
-        "judge_quality_round1": judge_quality(mined1, train_corpus / LABELS_FILE, beta),
-        "training_records": {
-            name: records_profile(path, arm_training, train_corpus / LABELS_FILE) for name, path in (
-                ("round1_mined", mined1), ("labels_judged", pairs0), *reselected.items())},
-        "losses": {"E0": loss_curve(e0), "J": loss_curve(judge), "round1_reranker": loss_curve(reranker1),
-                   **{f"{name}/seed{seed}": loss_curve(run) for (name, seed), run in runs.items()
-                      if (run / "metrics.jsonl").exists()},
-                   **{f"{arm.name}/seed{seed}/{group}": loss_curve(runs[arm.name, seed] / group)
-                      for arm in cfg.arms if arm.merge for seed in cfg.seeds for group in arm.merge.groups}},
-        "arms": arms,
-        "neighbours": neighbours,
-        "tables": {"meta_tasks": markdown_table(arms, "meta_tasks"), "tasks": markdown_table(arms, "tasks"),
-                   "neighbours": delta_table(neighbours, baseline.label)},
+            "fallbacks_used")} for name, path in {"round1": mined1, **records}.items()},
+        "training_records": {name: in_worker(records_profile_of_run, str(path / "mined.parquet"),
+                                             arm_training.num_negatives, arm_training.temperature,
+                                             str(train_corpus / LABELS_FILE)) for name, path in records.items()},
+        "losses": {"pretrain_base": loss_curve(out / "pretrain/base"), "pretrain_judge": loss_curve(out / "pretrain/judge"),
+                   "E0": loss_curve(e0), **{f"reranker/{k}": loss_curve(v) for k, v in rerankers.items()},
+                   **{f"{name}/seed{seed}": loss_curve(run) for (name, seed), run in runs.items()}},
+        "arms": summaries,
+        "differences_from_reference": differences,
+        "variants_against_method": variants,
+        "judge_quality_curve": curve,
+        "reranking": reranking,
+        "tables": {"meta_tasks": markdown_table(paper, "meta_tasks"), "tasks": markdown_table(paper, "tasks")},
         "step_seconds": steps.seconds,
         "minutes": round(sum(steps.seconds.values()) / 60, 1),
     }
-    chart(arms, REPO / cfg.chart)
+    chart(paper, REPO / cfg.chart)
+    if "judge_curve" in cfg.parts:
+        curve_chart(curve, REPO / cfg.curve_chart)
     write_result(result, str(REPO / cfg.results))
     ray.shutdown()
     return result

@@ -74,6 +74,10 @@ def test_evaluate_job_scores_every_task_and_reranks(ray_head, mini, checkpoints,
     # Constrained listwise (the default) reads a distribution over the labels: no fallback.
     assert reranked["fallbacks"] == 0 and reranked["errors"] == 0
     _reranking_is_honoured(out, tasks_dir, checkpoints)
+    rows = pq.read_table(out / "stages" / "reranked").to_pylist()  # the position histograms, counted here
+    assert reranked["first_choice_positions"] == [sum(r["order"][0] == i for r in rows) for i in range(3)]
+    assert reranked["gold_positions"] == [sum(r["embedder_rank"] == i for r in rows) for i in range(3)]
+    assert sum(reranked["first_choice_positions"]) == len(rows) > reranked["first_choice_positions"][0]
     table = (out / "results.md").read_text()
     assert "| tiny | tiny + reranker |" in table and "**overall**" in table
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"

@@ -27,6 +27,25 @@ def test_soft_label_kl_is_zero_at_equality_symmetric_and_a_batch_mean():
     assert soft_label_kl_loss(a, b).item() == pytest.approx(sum(rows) / 4, rel=1e-5)
 
 
+def test_soft_label_kl_public_form_hand_value():
+    # t = 1: P = softmax([0, 0]) = [1/2, 1/2], Q = softmax([0, -100]) = [1, e^-100] to float precision.
+    scores, judge = torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, -100.0]])
+    # exact: KL(Q||P) = ln 2, KL(P||Q) = 1/2 ln(1/2) + 1/2 (ln(1/2) + 100) = 50 - ln 2
+    assert soft_label_kl_loss(scores, judge, 1.0).item() == pytest.approx(25.0, rel=1e-5)
+    # public: KL(Q||P) = -ln(1/2 + 1e-8) ~ ln 2; KL(P||Q) = 1/2 (ln 1/2 - ln 1) + 1/2 (ln 1/2 - ln 1e-8)
+    expected = 0.5 * (-math.log(0.5 + 1e-8) + math.log(0.5) - 0.5 * math.log(1 + 1e-8) - 0.5 * math.log(1e-8))
+    assert expected == pytest.approx(0.25 * math.log(1e8), rel=1e-6)
+    assert soft_label_kl_loss(scores, judge, 1.0, "public").item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_soft_label_kl_public_form_matches_exact_where_no_probability_is_tiny():
+    a, b = torch.tensor([[0.9, 0.5, 0.1]]), torch.tensor([[0.6, 0.5, 0.4]])
+    assert soft_label_kl_loss(a, b, 1.0, "public").item() == pytest.approx(soft_label_kl_loss(a, b, 1.0).item(),
+                                                                          rel=1e-5)
+    with pytest.raises(ValueError, match="log_form"):
+        soft_label_kl_loss(a, b, 1.0, "approximate")
+
+
 def test_soft_label_kl_temperature_sharpens():
     a, b = torch.tensor([[0.9, 0.5, 0.1]]), torch.tensor([[0.6, 0.5, 0.4]])
     assert soft_label_kl_loss(a, b, 0.02) > soft_label_kl_loss(a, b, 1.0)

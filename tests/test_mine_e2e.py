@@ -247,3 +247,38 @@ def test_the_adaptive_margin_reselects_the_judged_pairs_by_similarity_to_the_pos
     assert summary["records"] == beta_run["records"] and summary["false_negatives_dropped"] == expected_drops
     # Not trivial: the adaptive margin drops more than the beta rule on the same scores.
     assert expected_drops > beta_run["false_negatives_dropped"]
+
+
+def test_candidate_pools_by_dataset_retrieve_exactly_within_each_dataset(
+        ray_head, planted_corpus, checkpoints, first_run, tmp_path):
+    """retrieval.pool_by=dataset: only retrieval onwards reruns (labels judge the pairs: every
+    target its own label), and each query's candidates are numpy's exact top k among its
+    own dataset's targets."""
+    from unime_ray.dataplane.tensors import vectors
+
+    labels = tmp_path / "labels.parquet"
+    pq.write_table(pa.table({"target_id": ["none"], "label": ["none"]}), labels)
+    out = tmp_path / "pooled"
+    done = submit_mining(ray_head, planted_corpus, checkpoints, out, overrides=[
+        "retrieval.pool_by=dataset", f"judge.labels={labels}", f"reuse_from={first_run}"])
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert {name for name in json.loads((out / "manifest.json").read_text())["stages"]
+            if not (out / "stages" / name).is_symlink()} == {"retrieve", "pairs", "judge", "select"}
+    targets = pq.read_table(first_run / "stages/embed/targets", columns=["id", "dataset", "embedding", "error"])
+    targets = targets.filter(pa.compute.is_null(targets["error"]))
+    ids, datasets, matrix = np.array(targets["id"].to_pylist()), np.array(targets["dataset"].to_pylist()), \
+        vectors(targets["embedding"])
+    queries = {r["id"]: r for r in pq.read_table(first_run / "stages/embed/queries").to_pylist()}
+    searched = pq.read_table(out / "stages/retrieve/candidates").to_pylist()
+    for row in searched:
+        query = queries[row["id"]]
+        pool = (datasets == query["dataset"]) & (ids != query["positive_id"])
+        expected = np.sort(matrix[pool] @ np.asarray(query["embedding"], np.float32))[::-1][:TOP_K]
+        assert set(datasets[np.isin(ids, row["candidate_ids"])]) == {query["dataset"]}, row["id"]
+        np.testing.assert_allclose(row["candidate_sims"], expected, atol=1e-5)
+    # Not trivial: the global pool mixes datasets for some query.
+    global_rows = pq.read_table(first_run / "stages/retrieve/candidates").to_pylist()
+    assert len(searched) == len(global_rows)  # every query's dataset has targets here
+    of = dict(zip(ids, datasets))
+    assert any({of[c] for c in row["candidate_ids"]} != {queries[row["id"]]["dataset"]} for row in global_rows)
+    assert json.loads((out / "summary.json").read_text())["records"] == len(searched)

@@ -126,12 +126,13 @@ def test_bidirectional_embeddings_ignore_padding(checkpoints):
 def test_only_embedders_take_pooling_and_attention_settings():
     from unime_ray.dataplane.config import EmbedConfig
     from unime_ray.mining.config import JudgeConfig
-    from unime_ray.training.config import TrainRerankerConfig
+    from unime_ray.training.config import PretrainConfig, TrainRerankerConfig
 
     assert EmbedConfig(pooling="mean", bidirectional=True).pooling == "mean"
     with pytest.raises(ValueError):
         JudgeConfig(pooling="mean")  # not a judge setting at all
-    with pytest.raises(ValueError, match="reranker reads its answer"):
-        TrainRerankerConfig(bidirectional=True)
+    for generative in (TrainRerankerConfig, PretrainConfig):
+        with pytest.raises(ValueError, match="reads answers from the language model's head"):
+            generative(bidirectional=True)
     with pytest.raises(ValueError):
         EmbedConfig(pooling="max")

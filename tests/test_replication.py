@@ -16,9 +16,9 @@ from unime_ray.config import load_config
 from unime_ray.data.labelled_corpus import LABEL_SCHEMA, LABELS_FILE, build_labelled_corpus
 from unime_ray.data.mnist import HELD_OUT_EVERY
 from unime_ray.mining.config import SelectConfig
-from unime_ray.mining.label_judge import LabelJudgeUDF, label_scores
+from unime_ray.mining.label_judge import LabelJudgeUDF, graded_scores, label_scores, noise_sigma, noisy_scores
 from unime_ray.mining.select_stage import select_records
-from unime_ray.replication.config import ArmConfig, ReplicateConfig
+from unime_ray.replication.config import ArmConfig, ReplicateConfig, check_plan
 from unime_ray.replication.judge_quality import auc, judge_quality, records_profile, soft_label_mass
 from unime_ray.replication.tables import arm_summary, delta_table, markdown_table, mean_std
 
@@ -96,6 +96,40 @@ def test_the_label_judge_feeds_selection_only_known_negatives(tmp_path):
     assert set(record["neg_ids"]) == {"img:3", "img:9"} and record["false_negatives_dropped"] == 1
 
 
+def test_graded_scores_by_hand():
+    labels = ["a red circle", "a red triangle", "a blue triangle", "a blue circle", "ans:red"]
+    # colour or shape shared: 0.5 x 1/2; nothing shared: 0; an unlabelled target (its id) never scores partial.
+    assert graded_scores(labels, "a red circle", [True, True, True, True, False], 0.5) == [1.0, 0.25, 0.0, 0.25, 0.0]
+
+
+def test_noise_calibrated_to_an_auc():
+    assert noise_sigma(0.76) == pytest.approx(np.sqrt(2) * 4.0 / 0.706302, rel=1e-5)  # Phi^-1(0.76) = 0.7063
+    rng = np.random.default_rng(0)
+    for target in (0.7, 0.8, 0.9, 0.95):
+        positives = noisy_scores(np.ones(20000), noise_sigma(target), rng)
+        negatives = noisy_scores(np.zeros(20000), noise_sigma(target), rng)
+        assert auc(positives.tolist(), negatives.tolist()) == pytest.approx(target, abs=0.01)
+        assert ((0 <= positives) & (positives <= 1)).all()
+    with pytest.raises(ValueError, match="between 0.5 and 1"):
+        noise_sigma(1.0)
+
+
+def test_label_judge_variants_are_seeded_per_query(tmp_path):
+    labels = tmp_path / "labels.parquet"
+    pq.write_table(pa.Table.from_pylist([{"target_id": "img:1", "label": "a red circle"},
+                                         {"target_id": "img:2", "label": "a red triangle"}], schema=LABEL_SCHEMA),
+                   labels)
+    batch = pa.Table.from_pylist([_judge_row("t2i:1", ["img:1", "img:2", "img:9"]),
+                                  _judge_row("t2i:2", ["img:1", "img:2", "img:9"])])
+    graded = LabelJudgeUDF(str(labels), grading="graded")(batch).to_pylist()
+    assert graded[0]["positive_score"] == 1.0 and graded[0]["candidate_scores"] == [0.25, 0.0]
+    noisy = LabelJudgeUDF(str(labels), auc=0.8, seed=3)(batch).to_pylist()
+    again = LabelJudgeUDF(str(labels), auc=0.8, seed=3)(batch.slice(1)).to_pylist()
+    assert noisy[1]["candidate_scores"] == again[0]["candidate_scores"]  # per query, whatever the batch
+    assert noisy[0]["candidate_scores"] != noisy[1]["candidate_scores"]  # not one draw for every query
+    assert noisy[0]["positive_score"] != 1.0
+
+
 def test_labelled_corpus_splits_and_labels(tmp_path):
     train = build_labelled_corpus(tmp_path / "train", "train", easyvqa_images=6, digits=5)
     test = build_labelled_corpus(tmp_path / "test", "test", easyvqa_images=6, digits=5)
@@ -140,41 +174,47 @@ def test_arm_summary_means_and_stds_in_points():
 
 
 def test_the_replication_config_and_every_override_it_passes_are_valid():
-    from unime_ray.eval.config import EvalConfig
-    from unime_ray.mining.config import MineConfig
-    from unime_ray.training.config import TrainEmbedderConfig, TrainRerankerConfig
+    from unime_ray.training.config import PretrainConfig, TrainEmbedderConfig, TrainRerankerConfig
 
     cfg = load_config(ReplicateConfig, REPO / "configs/replicate.yaml")
-    load_config(MineConfig, REPO / "configs/mine.yaml", [*cfg.mine, "judge.labels=x.parquet"])
-    load_config(EvalConfig, REPO / "configs/evaluate.yaml", cfg.evaluate)
-    e0 = load_config(TrainEmbedderConfig, REPO / "configs/train_embedder.yaml", cfg.round0_embedder)
+    check_plan(cfg, REPO)  # every override list against its job's config
+    for model in (cfg.base, cfg.judge):
+        assert load_config(PretrainConfig, REPO / "configs/pretrain.yaml", model.overrides).finetune == "full"
+    assert cfg.judge.hidden_size * cfg.judge.layers >= 3 * cfg.base.hidden_size * cfg.base.layers  # the larger model
+    e0 = load_config(TrainEmbedderConfig, REPO / "configs/train_embedder.yaml", cfg.retriever)
     assert e0.finetune == "full" and e0.loss == "info_nce" and not e0.info_nce_hard_negatives
-    for overrides in (cfg.round0_reranker, cfg.round1_reranker):
-        assert load_config(TrainRerankerConfig, REPO / "configs/train_reranker.yaml", overrides).finetune == "full"
+    assert load_config(TrainRerankerConfig, REPO / "configs/train_reranker.yaml", cfg.rerank.training).finetune == "full"
     arms = {arm.name: load_config(TrainEmbedderConfig, REPO / "configs/train_embedder.yaml",
                                   [*cfg.arm_common, *arm.overrides]) for arm in cfg.arms}
-    assert [(a.loss, a.info_nce_hard_negatives) for a in arms.values()][:4] == [
-        ("info_nce", False), ("info_nce", True), ("soft_label", False), ("soft_label", False)]
-    assert [arm.records for arm in cfg.arms][:4] == ["mined", "mined", "mined", "labelled"]
-    # The neighbouring methods' arms: (c) with one option changed, in the selection or in training.
-    reference = arms["c_soft_label"].model_dump()
+    assert [(a.loss, a.info_nce_hard_negatives, a.soft_label_log) for a in list(arms.values())[:4]] == [
+        ("info_nce", False, "exact"), ("info_nce", True, "exact"), ("soft_label", False, "public"),
+        ("soft_label", False, "public")]
+    assert [arm.judge for arm in cfg.arms][:4] == ["model", "model", "model", "labels"]
+    # The curve's arms and the variants: (c) with its judge, its loss form or its pool changed.
+    reference = arms[cfg.method].model_dump()
     for arm in cfg.arms[4:]:
-        assert arm.table == "neighbours" and arm.records == "mined", arm.name
-        load_config(MineConfig, REPO / "configs/mine.yaml", [*cfg.mine, *arm.select, "judge.labels=x.parquet"])
         changed = {k for k, v in arms[arm.name].model_dump().items() if v != reference[k]}
-        assert (changed == set() and bool(arm.select) != bool(arm.merge)) or (
-            len(changed) == 1 and not arm.select and not arm.merge), (arm.name, changed)
-        for names in (arm.merge.groups.values() if arm.merge else []):  # each group's training config
-            load_config(TrainEmbedderConfig, REPO / "configs/train_embedder.yaml",
-                        [*cfg.arm_common, *arm.overrides, f"data.datasets=[{', '.join(names)}]"])
-    with pytest.raises(ValueError, match="select.\\* overrides only"):
-        ArmConfig(name="x", label="x", overrides=[], select=["judge.batch_size=2"])
-    reranker = load_config(TrainRerankerConfig, REPO / "configs/train_reranker.yaml", cfg.round1_reranker)
-    assert reranker.list_size == 5  # trained at the list length it reranks (the evaluation's top 5)
+        assert (arm.table == "judge_curve" and arm.judge == "labels" and arm.mine and not changed) or (
+            arm.table == "variants" and len(changed) + len(arm.mine) == 1), (arm.name, changed)
     # Same steps, batch and learning rate in every arm: only the loss and its negatives differ.
     assert len({(a.optim.max_steps, a.per_worker_batch_size, a.optim.lr, a.temperature) for a in arms.values()}) == 1
-    with pytest.raises(ValueError, match="rerank_arm"):
-        load_config(ReplicateConfig, REPO / "configs/replicate.yaml", ["rerank_arm=nope"])
+    with pytest.raises(ValueError, match="overrides only"):
+        ArmConfig(name="x", label="x", overrides=[], mine=["judge.batch_size=2"])
+    with pytest.raises(ValueError, match="need judge: labels"):
+        ArmConfig(name="x", label="x", overrides=[], mine=["judge.label_auc=0.8"])
+    # A run of some parts: the paper's arms and the reranking of them, not the variant's records.
+    part = load_config(ReplicateConfig, REPO / "configs/replicate.yaml", ["parts=[paper, rerank]"])
+    assert {arm.table for arm in part.active_arms} == {"paper"} and len(part.active_arms) == 4
+    assert [run.records for run in part.active_reranking] == ["round1"]
+    with pytest.raises(ValueError, match="must include paper"):
+        load_config(ReplicateConfig, REPO / "configs/replicate.yaml", ["parts=[variants]"])
+    with pytest.raises(ValueError, match="does not match the base's input format"):
+        check_plan(load_config(ReplicateConfig, REPO / "configs/replicate.yaml",
+                               ["retriever=[format=unime-v2-qwen2vl]"]), REPO)
+    with pytest.raises(ValueError, match="optim.nope"):
+        check_plan(load_config(ReplicateConfig, REPO / "configs/replicate.yaml", ["arm_common=[optim.nope=1]"]), REPO)
+    with pytest.raises(ValueError, match="rerank.runs.arms 'nope'"):
+        load_config(ReplicateConfig, REPO / "configs/replicate.yaml", ["rerank.runs=[{arms: [nope]}]"])
 
 
 def test_full_finetuning_checkpoints_resume_and_export(checkpoints, tmp_path):

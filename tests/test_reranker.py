@@ -8,7 +8,7 @@ from conftest import png_bytes
 
 from unime_ray.models.inputs import Item, encode, render
 from unime_ray.models.formats import unime_ray_list as listwise_messages
-from unime_ray.models.reranker import (ANSWER_PREFIX, Reranker, label_distribution, listwise_answer,
+from unime_ray.models.reranker import (ANSWER_PREFIX, Reranker, label_distribution, label_logprobs, listwise_answer,
                                        listwise_images, order_by_scores, parse_listwise_answer, promote)
 
 
@@ -76,10 +76,10 @@ def test_constrained_listwise_is_the_label_tokens_distribution_after_the_answers
         # the position scored here is the one the reranker was trained to answer at.
         full = encode(processor, [prompt + listwise_answer(2)], [listwise_images(query, head)])["input_ids"][0].tolist()
         assert full[: batch["input_ids"].shape[1]] == batch["input_ids"][0].tolist()
-        assert full[batch["input_ids"].shape[1]] == reranker.label_ids[2]
+        assert full[batch["input_ids"].shape[1]] == reranker.digit_ids[2]
         with torch.no_grad():
             logits = engine.model(**batch).logits[0, -1].double()
-        expected = torch.softmax(logits[reranker.label_ids[: len(head)]], dim=0).numpy()
+        expected = torch.softmax(logits[reranker.digit_ids[: len(head)]], dim=0).numpy()
         assert ranking.scores == pytest.approx(expected.tolist(), abs=1e-6)
         assert ranking.order[: len(head)] == order_by_scores(ranking.scores) and not ranking.fallback
         assert ranking.order[len(head):] == list(range(len(head), len(candidates)))  # beyond top_n: unchanged
@@ -89,9 +89,37 @@ def test_constrained_listwise_is_the_label_tokens_distribution_after_the_answers
     assert any(pick != 0 for pick in picks)  # the untrained model does move candidates up
 
 
-def test_constrained_listwise_needs_one_token_labels(untrained):
-    with pytest.raises(ValueError, match="splits '10' into 2 tokens"):
-        Reranker(untrained["listwise"].engine, "listwise", top_n=10)
+def test_two_digit_labels_by_hand():
+    first, second = [-1.0, -2.0, *[-9.0] * 7], [-0.5, -3.0, -4.0, *[-9.0] * 8]
+    # label 1 = "1" then ")", labels 2..9 one digit, label 10 = "1" then "0", 11 = "1" then "1"
+    assert label_logprobs(first, second, 11) == [-1.5, -2.0, *[-9.0] * 7, -4.0, -5.0]
+    assert label_logprobs(first, None, 3) == [-1.0, -2.0, -9.0]
+    with pytest.raises(ValueError, match="second digit"):
+        label_logprobs(first, None, 10)
+
+
+def test_constrained_listwise_reads_ten_or_more_candidates_digit_by_digit(untrained):
+    reranker = Reranker(untrained["listwise"].engine, "listwise", top_n=12)
+    query, candidates = _request(12)
+    [ranking] = reranker.rerank_batch([(query, candidates)])
+    engine, processor = reranker.engine, reranker.engine.processor
+    prompt = render(processor, listwise_messages(query, candidates))
+
+    def next_logprobs(prefix):
+        batch = encode(processor, [prompt + prefix], [listwise_images(query, candidates)])
+        with torch.no_grad():
+            return torch.log_softmax(engine.model(**batch).logits[0, -1].double(), dim=0)
+
+    first, second = next_logprobs(ANSWER_PREFIX), next_logprobs(ANSWER_PREFIX + "1")
+    digit = dict(zip("123456789", reranker.digit_ids))
+    close, zero = reranker.second_ids[0], reranker.second_ids[1]
+    expected = [first[digit["1"]] + second[close], *(first[digit[str(d)]] for d in range(2, 10)),
+                first[digit["1"]] + second[zero], first[digit["1"]] + second[digit["1"]],
+                first[digit["1"]] + second[digit["2"]]]
+    assert ranking.scores == pytest.approx(torch.softmax(torch.stack(expected), 0).tolist(), abs=1e-6)
+    assert max(ranking.scores) < 0.9  # not trivially one label
+    with pytest.raises(ValueError, match="2 to 19"):
+        Reranker(untrained["listwise"].engine, "listwise", top_n=20)
 
 
 def test_malformed_listwise_answers_keep_the_embedders_order_and_are_counted(untrained):

@@ -228,3 +228,28 @@ def test_similarities_to_an_anchor_read_across_shards_equal_numpy(tmp_path, loca
     # Not trivial: over 3 shards (5 targets a file, files dealt round-robin), t0, t6 and t12 are in three.
     shard_of = {f"t{i}": n % 3 for n in range(6) for i in range(5 * n, 5 * n + 5)}
     assert len({shard_of[t] for t in ("t0", "t6", "t12")}) == 3
+
+
+def test_queries_without_a_pool_are_rejected_with_their_dataset():
+    from unime_ray.mining.pipeline import unpooled_rejects
+
+    batch = pa.table({"id": ["q1", "q2", "q3"], "row": [0, 1, 2], "dataset": ["a", "b", None]})
+    rejects = unpooled_rejects(batch, ["a"]).to_pylist()
+    assert [(r["id"], r["row"], r["table"]) for r in rejects] == [("q2", 1, "queries"), ("q3", 2, "queries")]
+    assert "no target of dataset 'b'" in rejects[0]["reason"] and "has no dataset" in rejects[1]["reason"]
+
+
+def test_a_pooled_shard_indexes_and_returns_only_its_datasets_targets(tmp_path):
+    rng = np.random.default_rng(4)
+    targets = _normalised(rng, 12, 8)
+    datasets = ["a", "b", None] * 4
+    (tmp_path / "emb").mkdir()
+    pq.write_table(pa.table({"id": [f"t{i}" for i in range(12)], "dataset": datasets,
+                             "embedding": tensor_column(targets), "error": pa.nulls(12, pa.string())}),
+                   tmp_path / "emb" / "part.parquet")
+    shard = IndexShard(RetrievalConfig().model_dump())
+    assert shard.build(shard_files(tmp_path / "emb", 1)[0], pool="a") == 4
+    _, _, ids = shard.search(targets[:3], 10)
+    assert ids.shape == (3, 4) and {i for row in ids for i in row} == {"t0", "t3", "t6", "t9"}
+    whole = IndexShard(RetrievalConfig().model_dump())
+    assert whole.build(shard_files(tmp_path / "emb", 1)[0]) == 12  # not trivial: unpooled, all of them

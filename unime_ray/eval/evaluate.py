@@ -121,11 +121,18 @@ def rerank(config: EvalConfig, tasks: list[dict], kept, out: Path, image_root: s
     write_dataset(reranked.drop_columns(["candidate_texts", "candidate_image_paths"]), reranked_dir, RERANKED_SCHEMA)
     needed = ["task", "meta_task", "row", "rank", "ties", "candidates", "fallback", "error"]
     reranked = read_dataset(reranked_dir, columns=needed)
-    outcomes = reranked.map_batches(rerank_outcomes, batch_format="pyarrow").sum(["fallbacks", "errors"]) or {}
+    positions = [f"{kind}_{i}" for kind in ("pick", "gold") for i in range(r.top_n)]
+    outcomes = read_dataset(reranked_dir, columns=["fallback", "error", "order", "embedder_rank"]).map_batches(
+        rerank_outcomes, fn_kwargs={"top_n": r.top_n}, batch_format="pyarrow").sum(
+        ["fallbacks", "errors", *positions]) or {}
+    count = lambda name: int(outcomes.get(f"sum({name})") or 0)  # noqa: E731
     summaries = task_summaries(reranked, config.recall_ks, config.shuffle_partitions)
     return {"model": r.model, "backend": r.backend, "mode": r.mode, "top_n": r.top_n,
             **summarize(per_task(tasks, summaries, config.recall_ks, with_candidates=False)),
-            "fallbacks": int(outcomes.get("sum(fallbacks)") or 0), "errors": int(outcomes.get("sum(errors)") or 0)}
+            "fallbacks": count("fallbacks"), "errors": count("errors"),
+            # Where the reranker's first choice stood in the embedder's list, and where the gold did.
+            "first_choice_positions": [count(f"pick_{i}") for i in range(r.top_n)],
+            "gold_positions": [count(f"gold_{i}") for i in range(r.top_n)]}
 
 
 def run_evaluation(config: EvalConfig) -> dict:

@@ -75,10 +75,19 @@ def with_reranked_ranks(batch: pa.Table) -> pa.Table:
     return set_column(batch, "rank", pa.array(ranks, pa.int64()))
 
 
-def rerank_outcomes(batch: pa.Table) -> pa.Table:
-    """Reranked rows -> ``fallbacks`` and ``errors`` as 0/1, to be summed."""
-    return pa.table({"fallbacks": pc.cast(batch["fallback"], pa.int64()),
-                     "errors": pc.cast(batch["error"].is_valid(), pa.int64())})
+def rerank_outcomes(batch: pa.Table, top_n: int) -> pa.Table:
+    """Reranked rows -> ``fallbacks`` and ``errors`` as 0/1, and one-hot ``pick_i`` (the
+    reranker put the embedder's i-th candidate first) and ``gold_i`` (the embedder ranked
+    the gold i-th), i < ``top_n``, to be summed: a reranker whose picks pile up on one
+    position whatever the golds' positions reads its list's order, not its content."""
+    columns = {"fallbacks": pc.cast(batch["fallback"], pa.int64()),
+               "errors": pc.cast(batch["error"].is_valid(), pa.int64())}
+    picks = [order[0] if order else -1 for order in batch["order"].to_pylist()]
+    golds = batch["embedder_rank"].fill_null(-1).to_pylist()
+    for i in range(top_n):
+        columns[f"pick_{i}"] = pa.array([int(p == i) for p in picks], pa.int64())
+        columns[f"gold_{i}"] = pa.array([int(g == i) for g in golds], pa.int64())
+    return pa.table(columns)
 
 
 def rerank_dataset(ranked, config, image_root: str | None, max_pixels: int):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from unime_ray.config import StrictModel
@@ -22,6 +24,24 @@ class JudgeConfig(ActorConfig, PrepConfig, EngineSettings):
     labels: str | None = Field(
         None, description="a Parquet table (target_id, label): score pairs by label instead of by the model "
                           "(1 for the positive's label, else 0), e.g. to mine a reranker's training data")
+    label_grading: Literal["exact", "graded"] = Field(
+        "exact", description="labels: exact (1/0), or graded: a labelled candidate sharing words with the "
+                             "positive's label (\"a red triangle\" for \"a red circle\") scores label_partial x "
+                             "the share of words")
+    label_partial: float = Field(
+        0.5, ge=0, lt=1, description="labels, graded: the most a label other than the positive's scores")
+    label_auc: float | None = Field(
+        None, gt=0.5, lt=1, description="labels: add noise, calibrated so that positives outscore negatives "
+                                        "with this probability (a judge of known AUC)")
+    label_seed: int = Field(0, description="labels with label_auc: the noise's seed (drawn per query)")
+
+    @model_validator(mode="after")
+    def _label_options_need_labels(self):
+        changed = [name for name in ("label_grading", "label_auc") if name in self.model_fields_set
+                   and getattr(self, name) != type(self).model_fields[name].default]
+        if changed and not self.labels:
+            raise ValueError(f"judge.{changed[0]} applies to a judge read off labels: set judge.labels")
+        return self
 
 
 class SelectConfig(StrictModel):

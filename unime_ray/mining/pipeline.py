@@ -24,13 +24,14 @@ from unime_ray.data.rejects import as_rejects, check_reject_fraction, rejected_b
 from unime_ray.data.sources import ROW_COLUMN, corpus_files, read_corpus
 from unime_ray.data.validate import ERROR_COLUMN, check_positives, check_rows, mark_duplicates, positive_status
 from unime_ray.dataplane.embed_stage import embed_dataset
-from unime_ray.dataplane.io import (column_sums, count_rows, publish, read_dataset, rows_where_error, write_dataset,
-                                    write_resumable)
+from unime_ray.dataplane.io import (column_sums, count_rows, distinct_values, publish, read_dataset,
+                                    rows_where_error, write_dataset, write_resumable)
 from unime_ray.mining.config import MineConfig
 from unime_ray.mining.judge_stage import judge_dataset, pair_inputs
 from unime_ray.mining.label_judge import label_judge_dataset
 from unime_ray.mining.manifest import Manifest, fingerprint, path_signature, reuse_stages
 from unime_ray.mining.select_stage import RECORD_SCHEMA, SELECTED_SCHEMA, select_records, with_positive_sims
+from unime_ray.retrieval.config import RetrievalConfig
 from unime_ray.retrieval.shards import index_shards, search_dataset
 
 logger = logging.getLogger(__name__)
@@ -76,18 +77,52 @@ def stage_embed(config: MineConfig, corpus_dir: Path, image_root: str | None, ou
     return info
 
 
+def unpooled_rejects(batch: pa.Table, pools: list[str]) -> pa.Table:
+    """Query rows whose dataset has no pool of targets -> reject rows naming why."""
+    keep = pc.invert(pc.fill_null(pc.is_in(batch["dataset"], pa.array(pools, pa.string())), False))
+    batch = batch.filter(keep)
+    reasons = [f"retrieval.pool_by=dataset: no target of dataset {d!r} to retrieve from" if d is not None
+               else "retrieval.pool_by=dataset: the query has no dataset" for d in batch["dataset"].to_pylist()]
+    return pa.Table.from_arrays([pa.array(["queries"] * batch.num_rows, pa.string()), batch["id"], batch[ROW_COLUMN],
+                                 pa.array(reasons, pa.string())], schema=REJECT_SCHEMA)
+
+
+def retrieve_in_pools(r: RetrievalConfig, embed_dir: Path, queries, out: Path) -> tuple[int, int]:
+    """``retrieval.pool_by=dataset``: per dataset that has both queries and targets, an index
+    of its targets searched by its queries; the other queries are rejected. Returns
+    (targets indexed, queries searched)."""
+    target_pools, query_pools = (distinct_values(embed_dir / name, "dataset", where_null=ERROR_COLUMN)
+                                 for name in ("targets", "queries"))  # of the rows that embedded
+    pools = sorted(target_pools & query_pools - {None})  # a count of datasets, not of rows
+    write_dataset(queries.map_batches(unpooled_rejects, fn_kwargs={"pools": pools}, batch_format="pyarrow"),
+                  out / "rejects" / "unpooled", REJECT_SCHEMA)
+    indexed = searched = 0
+    for number, pool in enumerate(pools):
+        with index_shards(r, embed_dir / "targets", pool) as (shards, targets):
+            mine = queries.map_batches(lambda b, pool=pool: b.filter(pc.equal(b["dataset"], pool)),
+                                       batch_format="pyarrow")
+            indexed += targets
+            searched += write_dataset(search_dataset(mine, shards, r).drop_columns([ERROR_COLUMN]),
+                                      out / "candidates" / f"pool-{number:04d}")
+        logger.info("pool %r: %d targets", pool, targets)
+    return indexed, searched
+
+
 def stage_retrieve(config: MineConfig, embed_dir: Path, out: Path) -> dict:
     """Targets go into index shard actors; query blocks are searched in parallel tasks."""
     r = config.retrieval
     for name in ("queries", "targets"):  # rows that passed validation but failed to embed
         failed = read_dataset(embed_dir / name, columns=["id", ROW_COLUMN, ERROR_COLUMN])
         write_dataset(as_rejects(failed, name), out / "rejects" / name, REJECT_SCHEMA)
+    queries = rows_where_error(read_dataset(embed_dir / "queries"), failed=False)
+    if r.pool_by == "dataset":
+        indexed, searched = retrieve_in_pools(r, embed_dir, queries, out)
+    else:
+        with index_shards(r, embed_dir / "targets") as (shards, indexed):
+            searched = write_dataset(search_dataset(queries, shards, r).drop_columns([ERROR_COLUMN]),
+                                     out / "candidates")
     rejected = count_rows(out / "rejects")
     metrics.inc("rows_rejected", rejected)
-    with index_shards(r, embed_dir / "targets") as (shards, indexed):
-        queries = rows_where_error(read_dataset(embed_dir / "queries"), failed=False)
-        searched = write_dataset(search_dataset(queries, shards, r).drop_columns([ERROR_COLUMN]),
-                                 out / "candidates")
     if not indexed or not searched:
         raise RuntimeError(f"nothing to search: {searched} queries and {indexed} targets were embedded "
                            f"(see the embed stage's error column under {embed_dir})")
@@ -110,7 +145,9 @@ def stage_judge(config: MineConfig, pairs_dir: Path, image_root: str | None, out
     earlier runs, and the prefix cache's share of this run's prompt tokens."""
     def judged():
         if config.judge.labels:
-            return label_judge_dataset(read_dataset(pairs_dir / "rows"), config.judge.labels)
+            j = config.judge
+            return label_judge_dataset(read_dataset(pairs_dir / "rows"), j.labels, j.label_grading, j.label_partial,
+                                       j.label_auc, j.label_seed)
         return judge_dataset(read_dataset(pairs_dir / "rows"), config.judge, image_root,
                              config.corpus.max_image_pixels)
 
@@ -159,7 +196,9 @@ def stage_select(config: MineConfig, judge_dir: Path, embed_dir: Path, out: Path
 
 # How a model reads its input, each None unless set (None: the checkpoint's own). Left out of
 # fingerprints while None, so that stages recorded before an option existed still match.
-READING_OPTIONS = ("format", "pooling", "bidirectional")
+# Options added after runs were recorded: they enter a stage's fingerprint only once set,
+# so that those runs still match.
+READING_OPTIONS = ("format", "pooling", "bidirectional", "pool_by")
 
 
 def stage_settings(section, include: set[str] | None = None) -> dict:
@@ -194,9 +233,12 @@ def run_mining(config: MineConfig) -> dict:
     fp_embed = fingerprint(fp_corpus, stage_settings(config.embed), path_signature(config.embed.model))
     fp_retrieve = fingerprint(fp_embed, stage_settings(config.retrieval))
     fp_pairs = fingerprint(fp_retrieve)
-    fp_judge = fingerprint(fp_pairs, path_signature(j.model), path_signature(j.labels), stage_settings(
-        j, {"backend", "model", "dtype", "max_model_len", "engine_kwargs", "cpu_engine_kwargs", "min_pixels",
-            "max_pixels", "labels", "format"}))
+    judge_fields = {"backend", "model", "dtype", "max_model_len", "engine_kwargs", "cpu_engine_kwargs", "min_pixels",
+                    "max_pixels", "labels", "format"}
+    # The label judge's variants enter only when used, so that runs recorded before them still match.
+    judge_fields |= {"label_grading", "label_partial"} if j.label_grading == "graded" else set()
+    judge_fields |= {"label_auc", "label_seed"} if j.label_auc is not None else set()
+    fp_judge = fingerprint(fp_pairs, path_signature(j.model), path_signature(j.labels), stage_settings(j, judge_fields))
     select_settings = stage_settings(config.select)
     if config.select.rule != "adaptive_margin":  # its settings enter only with it: older runs still match
         select_settings = {k: v for k, v in select_settings.items() if not k.startswith("adaptive_")}

@@ -4,7 +4,9 @@
   and the model answers "Ans: (i)". ``constrained`` (the default) reads the answer in one
   forward pass: the prompt plus "Ans: (", and the probabilities of the n label tokens
   "1".."n" at the next position, renormalised over them, give a distribution over the
-  candidates that orders all of them and cannot be malformed. ``generate`` lets the model
+  candidates that orders all of them and cannot be malformed. Labels 10 to 19 are two
+  digits (Qwen's tokenizers write numbers digit by digit): a second pass after "Ans: (1"
+  reads ")" (the label 1) against "0".."9" (10..19). ``generate`` lets the model
   write its answer: candidate i becomes rank 1, the others keep the embedder's order, and
   an answer that names no listed candidate falls back to the embedder's order (counted).
 - ``pointwise``: P(Yes) of every (query, candidate) pair with the judge's prompt,
@@ -35,6 +37,7 @@ logger = logging.getLogger(__name__)
 Mode = Literal["listwise", "pointwise"]
 Listwise = Literal["constrained", "generate"]
 ANSWER_PREFIX = "Ans: ("  # the training answer "Ans: (i)" up to its label
+MAX_LISTWISE = 19  # labels of one or two digits, the second read after "1"
 
 _ANSWER = re.compile(r"\(\s*(\d+)\s*\)")
 
@@ -75,6 +78,17 @@ def label_distribution(logprobs: Sequence[float]) -> np.ndarray:
     return weights / weights.sum()
 
 
+def label_logprobs(first: Sequence[float], second: Sequence[float] | None, n: int) -> list[float]:
+    """Log-probabilities of the labels 1..n. ``first``: of the digits "1".."9" after
+    "Ans: ("; ``second`` (n >= 10): of ")" and "0".."9" after "Ans: (1", so that label 1 is
+    "1" then ")" and label 1d is "1" then "d"."""
+    if n < 10:
+        return list(first[:n])
+    if second is None:
+        raise ValueError(f"{n} labels need the second digit's log-probabilities")
+    return [first[0] + second[0], *first[1:9], *(first[0] + second[1 + d] for d in range(n - 9))]
+
+
 def order_by_scores(scores: Sequence[float | None]) -> list[int]:
     """Indices by descending score, ties in the given order; unscored candidates last."""
     return sorted(range(len(scores)), key=lambda i: (scores[i] is None, -(scores[i] or 0.0)))
@@ -105,9 +119,17 @@ class Reranker:
             raise ValueError(f"listwise must be 'constrained' or 'generate', got {listwise!r}")
         self.engine, self.mode, self.top_n, self.max_answer_tokens = engine, mode, top_n, max_answer_tokens
         self.listwise = listwise
+        if not 2 <= top_n <= MAX_LISTWISE and mode == "listwise":
+            raise ValueError(f"listwise reranking labels 2 to {MAX_LISTWISE} candidates, got top_n={top_n}")
         if mode == "listwise" and listwise == "constrained":
-            # "1".."top_n", each one token (Qwen2's tokenizer splits numbers into digits: top_n <= 9).
-            self.label_ids = single_token_ids(engine.processor.tokenizer, [str(i) for i in range(1, top_n + 1)])
+            tokenizer = engine.processor.tokenizer
+            self.digit_ids = single_token_ids(tokenizer, [str(d) for d in range(1, 10)])
+            self.second_ids = single_token_ids(tokenizer, [")", *(str(d) for d in range(10))])
+            for label in range(10, top_n + 1):  # read digit by digit: the tokenizer must write it so
+                if tokenizer.encode(str(label), add_special_tokens=False) != [self.second_ids[1 + label // 10],
+                                                                               self.second_ids[1 + label % 10]]:
+                    raise ValueError(f"the reranker's tokenizer does not write {label} digit by digit; "
+                                     f"constrained listwise reranking reads at most 9 candidates with it")
         self.prompts = engine.prompts
         self.fallbacks = 0  # listwise answers that named no candidate, or failed
 
@@ -171,15 +193,23 @@ class Reranker:
         return rankings
 
     def _listwise_constrained(self, requests: Sequence[Request], heads: list[list[Item]]) -> list[Ranking]:
+        prompts = self._prompts(requests, heads)
         outcomes = call_isolating_failures(
-            lambda batch: self.engine.next_token_logprobs(batch, ANSWER_PREFIX, self.label_ids),
-            self._prompts(requests, heads))
+            lambda batch: self.engine.next_token_logprobs(batch, ANSWER_PREFIX, self.digit_ids), prompts)
+        seconds: list = [(None, None)] * len(prompts)
+        if self.top_n >= 10:  # only lists of 10 or more need the second digit
+            long = [i for i, head in enumerate(heads) if len(head) >= 10]
+            read = call_isolating_failures(
+                lambda batch: self.engine.next_token_logprobs(batch, ANSWER_PREFIX + "1", self.second_ids),
+                [prompts[i] for i in long])
+            for i, outcome in zip(long, read):
+                seconds[i] = outcome
         rankings = []
-        for (logprobs, error), head in zip(outcomes, heads):
-            if error is not None:
-                rankings.append(self._fallback(head, None, error))
+        for (first, error), (second, second_error), head in zip(outcomes, seconds, heads):
+            if error is not None or second_error is not None:
+                rankings.append(self._fallback(head, None, error or second_error))
                 continue
-            probabilities = label_distribution(logprobs[: len(head)])  # a shorter list: its own labels only
+            probabilities = label_distribution(label_logprobs(first, second, len(head)))  # its own labels only
             order = order_by_scores(probabilities.tolist())
             rankings.append(Ranking(order, probabilities.tolist(), answer=listwise_answer(order[0])))
         return rankings

@@ -234,8 +234,9 @@ def published_layout(model_dir: Path) -> None:
 
 
 def build_tiny_checkpoint(out_dir: str | Path, role: str = "embedder", seed: int | None = None,
-                          family: str = "qwen2_vl") -> Path:
-    """Write a tiny random-weight model directory of ``family`` and return its path."""
+                          family: str = "qwen2_vl", hidden_size: int = 64, layers: int = 2) -> Path:
+    """Write a tiny random-weight model directory of ``family`` and return its path.
+    ``hidden_size`` is a multiple of 32 (the language model's heads are 32 wide)."""
     import torch
     from transformers import AutoModelForImageTextToText
 
@@ -245,10 +246,13 @@ def build_tiny_checkpoint(out_dir: str | Path, role: str = "embedder", seed: int
         raise ValueError(f"role must be one of {sorted(ROLE_SEEDS)}, got {role!r}")
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    if hidden_size % 32 or hidden_size < 32 or layers < 1:
+        raise ValueError(f"hidden_size must be a positive multiple of 32 and layers >= 1, got {hidden_size}, {layers}")
     out = Path(out_dir)
     tokenizer = build_tokenizer(family=family)
     torch.manual_seed(ROLE_SEEDS[role] if seed is None else seed)
-    model = AutoModelForImageTextToText.from_config(build_config(tokenizer, family=family)).to(torch.float32)
+    config = build_config(tokenizer, hidden_size, layers, family)
+    model = AutoModelForImageTextToText.from_config(config).to(torch.float32)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out)
     if family.startswith("llava"):
@@ -265,9 +269,11 @@ def main(argv=None) -> None:
     parser.add_argument("--role", choices=sorted(ROLE_SEEDS), default="embedder")
     parser.add_argument("--family", choices=FAMILIES, default="qwen2_vl")
     parser.add_argument("--seed", type=int, default=None, help="defaults to a fixed seed per role")
+    parser.add_argument("--hidden-size", type=int, default=64, help="a multiple of 32")
+    parser.add_argument("--layers", type=int, default=2)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    print(build_tiny_checkpoint(args.out_dir, args.role, args.seed, args.family))
+    print(build_tiny_checkpoint(args.out_dir, args.role, args.seed, args.family, args.hidden_size, args.layers))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,10 @@ IndexKind = Literal["flat", "ivf", "ivfpq", "hnsw"]
 
 
 class RetrievalConfig(StrictModel):
-    top_k: int = Field(50, ge=1, description="candidates per query from the whole corpus, positive left out")
+    top_k: int = Field(50, ge=1, description="candidates per query from its pool, positive left out")
+    pool_by: Literal["dataset"] | None = Field(
+        None, description="None: every query searches the whole corpus (the paper's global pool); dataset: only "
+                          "the targets of its own dataset (one index per dataset, built and searched in turn)")
     index: IndexKind = Field("flat", description="flat is exact inner product; ivf, ivfpq (compressed), hnsw approximate")
     nlist: int = Field(1024, ge=1, description="ivf, ivfpq: inverted lists (fewer when a shard has few targets)")
     nprobe: int = Field(32, ge=1, description="ivf, ivfpq: lists searched")

@@ -42,9 +42,12 @@ def shard_files(path: str | Path | list[str], num_shards: int) -> list[ShardFile
     return [numbered[shard::num_shards] for shard in range(num_shards)]
 
 
-def valid_rows(table: pa.Table) -> np.ndarray:
-    """Row numbers with an embedding and no error, ascending."""
+def valid_rows(table: pa.Table, pool: str | None = None) -> np.ndarray:
+    """Row numbers with an embedding and no error (and, with ``pool``, whose ``dataset`` is
+    ``pool``), ascending."""
     valid = pc.and_(pc.is_null(table["error"]), pc.is_valid(table["embedding"]))
+    if pool is not None:
+        valid = pc.and_(valid, pc.fill_null(pc.equal(table["dataset"], pool), False))
     return np.flatnonzero(valid.to_numpy(zero_copy_only=False))
 
 
@@ -75,12 +78,12 @@ class IndexShard:
         self.ids = pa.array([], pa.string())  # [size] by FAISS position
         self.positions = None  # id -> FAISS position (pandas Index), made at the first ``vectors`` call
 
-    def _chunks(self, files: ShardFiles):
-        """(vectors [n, d] float32, keys [n] int64, ids [n] string) of the valid rows,
-        one file at a time, in key order."""
+    def _chunks(self, files: ShardFiles, pool: str | None):
+        """(vectors [n, d] float32, keys [n] int64, ids [n] string) of the valid rows (of
+        dataset ``pool`` only, when set), one file at a time, in key order."""
         for number, path in sorted(files):
-            table = pq.read_table(path, columns=["id", "embedding", "error"])
-            rows = valid_rows(table)
+            table = pq.read_table(path, columns=["id", "embedding", "error", *(["dataset"] if pool is not None else [])])
+            rows = valid_rows(table, pool)
             if not rows.size:
                 continue
             matrix = vectors(table["embedding"])  # [rows, d], a view of the file's buffer
@@ -99,8 +102,9 @@ class IndexShard:
             self.index.train(sample)
         set_search_breadth(self.index, c.index, c.nprobe, c.ef_search)
 
-    def build(self, files: ShardFiles) -> int:
-        """Index ``files`` ((global number, path) pairs); returns the number of targets.
+    def build(self, files: ShardFiles, pool: str | None = None) -> int:
+        """Index ``files`` ((global number, path) pairs), only the targets of dataset ``pool``
+        when it is set; returns the number of targets.
 
         Files are read in global order and rows in file order, so vectors are added in key
         order: FAISS position order is key order, as in one unsharded index. Vectors are
@@ -111,7 +115,7 @@ class IndexShard:
             require_gpu()  # fail before reading anything
         pending: list[tuple] = []  # chunks read before the index could be created
         keys, ids = [], []
-        for chunk in self._chunks(files):
+        for chunk in self._chunks(files, pool):
             if self.index is None:
                 pending.append(chunk)
                 if needs_training(self.config.index) and sum(len(c[0]) for c in pending) < self.config.train_size:
@@ -220,16 +224,16 @@ def start_shards(config: RetrievalConfig, num_shards: int | None = None) -> list
 
 
 @contextmanager
-def index_shards(config: RetrievalConfig, path: str | Path) -> Iterator[tuple[list, int]]:
-    """``config.num_shards`` index actors built over the embedding files under ``path``:
-    yields their handles and the number of targets indexed; kills them on exit, a failed
-    build included."""
+def index_shards(config: RetrievalConfig, path: str | Path, pool: str | None = None) -> Iterator[tuple[list, int]]:
+    """``config.num_shards`` index actors built over the embedding files under ``path``
+    (the targets of dataset ``pool`` only, when set): yields their handles and the number
+    of targets indexed; kills them on exit, a failed build included."""
     import ray
 
     shards = start_shards(config)
     try:
         files = shard_files(path, len(shards))
-        yield shards, sum(ray.get([shard.build.remote(share) for shard, share in zip(shards, files)]))
+        yield shards, sum(ray.get([shard.build.remote(share, pool) for shard, share in zip(shards, files)]))
     finally:
         for shard in shards:
             ray.kill(shard)

@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from unime_ray.config import StrictModel
 from unime_ray.models.settings import EmbeddingChanges, EngineSettings, PixelBudget
 from unime_ray.training.lora import LoraSettings
+from unime_ray.training.records import RECORD_COLUMNS
 
 
 class DataSettings(StrictModel):
@@ -50,6 +51,8 @@ class CheckpointSettings(StrictModel):
 class TrainJobConfig(EmbeddingChanges, PixelBudget):
     """What every trainer's job takes: model, data, optimizer, scaling, checkpoints, export."""
 
+    RECORD_COLUMNS: ClassVar[list[str]] = RECORD_COLUMNS  # the columns its records are read with
+
     output_dir: str = Field("out/train", description="Ray Train storage, logs and the exported model")
     run_name: str = Field("train", description="Ray Train run name; a rerun with the same name resumes")
     model: str = Field(".cache/checkpoints/embedder", description="backbone checkpoint: local dir or hub id")
@@ -75,6 +78,8 @@ class TrainEmbedderConfig(TrainJobConfig):
     run_name: str = Field("embedder", description="Ray Train run name; a rerun with the same name resumes")
     loss: Literal["soft_label", "info_nce"] = Field("soft_label", description="UniME-V2, or VLM2Vec's InfoNCE baseline")
     temperature: float = Field(0.02, gt=0, description="tau of both losses")
+    soft_label_log: Literal["exact", "public"] = Field(
+        "exact", description="soft_label: exact log-softmaxes, or UniME-V2's public form log(softmax + 1e-8)")
     num_negatives: int = Field(8, ge=0, description="mined negatives per query (soft_label; info_nce with hard_negatives)")
     info_nce_hard_negatives: bool = Field(False, description="info_nce: add each query's mined negatives")
     gradcache_chunk_size: int | None = Field(None, ge=1, description="encode in chunks of N items (GradCache); None: one pass")
@@ -91,7 +96,19 @@ class TrainEmbedderConfig(TrainJobConfig):
         return self.num_negatives if self.loss == "soft_label" or self.info_nce_hard_negatives else 0
 
 
-class TrainRerankerConfig(TrainJobConfig):
+class GenerativeJobConfig(TrainJobConfig):
+    """A trainer of the language model's head (the reranker, pretraining): it reads answers
+    causally, as the judge does, so the embedder's pooling and attention do not apply."""
+
+    @model_validator(mode="after")
+    def _no_embedding_changes(self):
+        if self.pooling is not None or self.bidirectional is not None:
+            raise ValueError("pooling and bidirectional are an embedder's: this trainer reads answers from the "
+                             "language model's head, causally, as the judge does")
+        return self
+
+
+class TrainRerankerConfig(GenerativeJobConfig):
     """METHOD.md section 5: the paper trains Qwen2.5-VL-7B, lr 2e-5, 1 epoch."""
 
     FORMAT_KIND: ClassVar[Literal["input", "prompt"]] = "prompt"  # ``format`` names the reranker's prompts
@@ -112,9 +129,17 @@ class TrainRerankerConfig(TrainJobConfig):
     def negatives_needed(self) -> int:
         return self.list_size - 1
 
-    @model_validator(mode="after")
-    def _no_embedding_changes(self):
-        if self.pooling is not None or self.bidirectional is not None:
-            raise ValueError("pooling and bidirectional are an embedder's: the reranker reads its answer from the "
-                             "language model's head, causally, as the judge does")
-        return self
+
+class PretrainConfig(GenerativeJobConfig):
+    """A base MLLM trained generatively: next-token loss on the answers of instruction turns
+    (``unime_ray.data.instructions``), every weight from its random initialisation."""
+
+    RECORD_COLUMNS: ClassVar[list[str]] = ["query_id", "kind", "parts", "answer"]
+
+    output_dir: str = Field("out/pretrain", description="Ray Train storage, logs and the exported model")
+    run_name: str = Field("pretrain", description="Ray Train run name; a rerun with the same name resumes")
+    model: str = Field(".cache/checkpoints/embedder", description="the checkpoint to train: a random-weight tiny model")
+    finetune: Literal["lora", "full"] = Field("full", description="full: every weight (pretraining); lora: adapters")
+    micro_batch_size: int | None = Field(None, ge=1, description="turns per forward/backward (same gradient)")
+    data: DataSettings = DataSettings(mined="out/instructions/instructions.parquet")
+    negatives_needed: ClassVar[int] = 0

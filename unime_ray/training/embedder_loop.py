@@ -33,7 +33,8 @@ def train_embedder_loop(config: dict) -> None:
 
     def train_step(batch: EmbedBatch) -> dict[str, float]:
         loss = embedder_step(embedder.encode, batch,
-                             make_loss_fn(batch, cfg.loss, cfg.temperature, cfg.info_nce_hard_negatives),
+                             make_loss_fn(batch, cfg.loss, cfg.temperature, cfg.info_nce_hard_negatives,
+                                          cfg.soft_label_log),
                              cfg.gradcache_chunk_size)
         return {"loss": loss.item() / scale, "candidates_encoded": len(batch.candidates)}
 

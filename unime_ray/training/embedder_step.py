@@ -13,11 +13,11 @@ import torch
 from unime_ray.training.batch import EmbedBatch
 from unime_ray.training.distributed import gather_with_local_grad, loss_scale
 from unime_ray.training.gradcache import LossFn, gradcache_step, plain_step
-from unime_ray.training.losses import info_nce_loss, soft_label_kl_loss
+from unime_ray.training.losses import SoftLabelLog, info_nce_loss, soft_label_kl_loss
 
 
 def make_loss_fn(batch: EmbedBatch, loss: Literal["soft_label", "info_nce"], temperature: float,
-                 hard_negatives: bool = False) -> LossFn:
+                 hard_negatives: bool = False, soft_label_log: SoftLabelLog = "exact") -> LossFn:
     n = batch.size
 
     def loss_fn(embeddings: torch.Tensor) -> torch.Tensor:
@@ -25,7 +25,7 @@ def make_loss_fn(batch: EmbedBatch, loss: Literal["soft_label", "info_nce"], tem
         candidates = unique[batch.candidate_index.to(unique.device)]  # [n, 1 + k, dim]
         if loss == "soft_label":
             scores = torch.einsum("nd,nkd->nk", queries, candidates)  # [n, 1 + k] cosine
-            return soft_label_kl_loss(scores, batch.judge_scores.to(scores.device), temperature)
+            return soft_label_kl_loss(scores, batch.judge_scores.to(scores.device), temperature, soft_label_log)
         # InfoNCE over the global batch: every worker's positives are negatives for all.
         negatives = gather_with_local_grad(candidates[:, 1:]) if hard_negatives else None
         global_loss = info_nce_loss(gather_with_local_grad(queries), gather_with_local_grad(candidates[:, 0]),

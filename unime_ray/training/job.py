@@ -13,7 +13,6 @@ from typing import Callable
 
 from unime_ray.config import dump_config, parse_job_args
 from unime_ray.training.config import TrainJobConfig
-from unime_ray.training.records import RECORD_COLUMNS
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +52,7 @@ def records_dataset(cfg: TrainJobConfig):
     buffers (``records.record_batches``)."""
     import ray.data
 
-    dataset = ray.data.read_parquet(cfg.data.mined, columns=RECORD_COLUMNS + ["dataset"] * bool(cfg.data.datasets))
+    dataset = ray.data.read_parquet(cfg.data.mined, columns=cfg.RECORD_COLUMNS + ["dataset"] * bool(cfg.data.datasets))
     # Files are read in parallel: without a fixed read order the seeded shuffle would not repeat.
     dataset.context.execution_options.preserve_order = True
     if cfg.data.datasets:
@@ -82,7 +81,8 @@ def run_training_job(config_class: type[TrainJobConfig], loop: Callable[[dict], 
     absolute_paths(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    check_negatives(cfg.data.mined, cfg.negatives_needed)
+    if cfg.negatives_needed:
+        check_negatives(cfg.data.mined, cfg.negatives_needed)
     records = records_dataset(cfg)
     if cfg.data.datasets and not records.count():
         raise SystemExit(f"{cfg.data.mined} has no record of data.datasets={cfg.data.datasets}")
