@@ -25,13 +25,13 @@ class TurnBatch:
         return len(self.turns)
 
 
-def turn_sequence(record: dict, image_root: str | None, max_pixels: int | None = None) -> TrainingSequence:
+def turn_sequence(record: dict, image_root: str | None) -> TrainingSequence:
     """An instruction turn (``parts``: texts and image paths in order, ``answer``) as one
     training sequence; raises a ``RECORD_ERRORS`` on an unreadable image or an empty turn."""
     content, images = [], []
     for part in record["parts"]:
         if part["image_path"]:
-            images.append(load_image(None, part["image_path"], image_root, *([max_pixels] if max_pixels else [])))
+            images.append(load_image(None, part["image_path"], image_root))
             content.append({"type": "image"})
         elif part["text"]:
             content.append({"type": "text", "text": part["text"]})
